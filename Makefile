@@ -1,0 +1,26 @@
+# The two set-up commands of the README. Each installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint install
+
+$(BIN)/llmjobs: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/llmjobs
+
+# The main job, on the embedded SQLite default.
+run: install
+	$(BIN)/llmjobs demo
+
+# Lint, then every test (PostgreSQL tests need LLMJOBS_TEST_PG_URL; .ci/run provides it).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .

@@ -1,0 +1,53 @@
+"""Fixtures shared by every test: a fresh database per test on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core import Registry
+from core.testing import PG_URL_VARIABLE, database_url, postgres_base_url, postgres_required
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def _database(backend: str, folder: Path):
+    if backend == "postgresql" and postgres_base_url() is None:
+        message = (
+            f"PostgreSQL tests need {PG_URL_VARIABLE} (e.g. postgresql://user:pw@127.0.0.1/db); "
+            ".ci/run starts a server and sets it"
+        )
+        if postgres_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    return database_url(backend, folder)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    """A URL of an empty database, once per backend."""
+    with _database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=["postgresql"])
+def pg_url(request, tmp_path):
+    """A URL of an empty PostgreSQL database (for tests of multi-machine behaviour)."""
+    with _database("postgresql", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def make_registry(db_url):
+    """Build registries on the test database; they are closed after the test."""
+    registries: list[Registry] = []
+
+    def make(addons_path=(), addons=None, url=None) -> Registry:
+        registry = Registry(url or db_url, addons_path=list(addons_path), addons=addons)
+        registries.append(registry)
+        return registry
+
+    yield make
+    for registry in registries:
+        registry.close()

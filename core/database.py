@@ -1,0 +1,92 @@
+"""SQLAlchemy engines for the two supported databases.
+
+SQLite (the embedded default) is opened with WAL (readers never block the writer), foreign
+keys on, a 30 s busy timeout and case-sensitive ``LIKE`` (``ilike`` does the case-insensitive
+search, as on PostgreSQL). Every transaction starts with ``BEGIN IMMEDIATE``: it takes the
+write lock up front, so two processes never both read then fail to upgrade to writing —
+the single-node equivalent of row locking. Transactions must therefore stay short.
+
+PostgreSQL goes through psycopg 3 at READ COMMITTED: each new transaction sees what other
+workers committed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from .exceptions import RegistryError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use the psycopg 3 driver for them."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_engine(url: str, **options) -> Engine:
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise RegistryError(
+            f"Invalid database URL: use sqlite:///path/to/file.db or "
+            f"postgresql://user:password@host/dbname (got {_redacted(url)})."
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, **options)
+    if backend == "postgresql":
+        return sa.create_engine(parsed, pool_pre_ping=True, **options)
+    raise RegistryError(
+        f"Unsupported database '{backend}': use SQLite or PostgreSQL (got {_redacted(url)})."
+    )
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "an unparsable URL"
+
+
+def _sqlite_engine(url, **options) -> Engine:
+    database = url.database
+    if not database or database == ":memory:":
+        raise RegistryError(
+            "SQLite needs a file (sqlite:///path/to/file.db): an in-memory database is private "
+            "to one connection, so workers and the web surface could not share it."
+        )
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        **options,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _configure(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "foreign_keys=ON",
+            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+            "synchronous=NORMAL",
+            "case_sensitive_like=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

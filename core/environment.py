@@ -1,0 +1,234 @@
+"""Transactions and environments.
+
+A ``Cursor`` is one database transaction (an SQLAlchemy ``Connection``) plus the record cache
+that is valid inside it. An ``Environment`` is a view of that transaction as one user with one
+context: ``env['model']`` gives an empty recordset of the model bound to it.
+
+Writes go to the database immediately (there is no deferred flush), so plain SQL run on
+``env.cr`` always sees what the ORM wrote. ``cr.commit()`` starts a new transaction and empties
+the cache, so values committed by other processes become visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import RegistryError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Result
+
+    from .fields import Field
+    from .models import BaseModel
+    from .registry import Registry
+
+SUPERUSER_ID = 1
+
+
+class Cache:
+    """Field values per record id, for one transaction: ``{field: {id: value}}``."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: defaultdict[Field, dict[int, Any]] = defaultdict(dict)
+
+    def contains(self, field: Field, id_: int) -> bool:
+        return id_ in self._data.get(field, ())
+
+    def get(self, field: Field, id_: int) -> Any:
+        """The cached value; raises KeyError when it is not cached."""
+        return self._data[field][id_]
+
+    def set(self, field: Field, id_: int, value: Any) -> None:
+        self._data[field][id_] = value
+
+    def update(self, field: Field, values: Mapping[int, Any]) -> None:
+        self._data[field].update(values)
+
+    def get_values(self, field: Field, ids: Iterable[int]) -> Iterator[Any]:
+        """The cached values of ``field`` for those of ``ids`` that are cached."""
+        values = self._data.get(field, {})
+        for id_ in ids:
+            if id_ in values:
+                yield values[id_]
+
+    def missing_ids(self, field: Field, ids: Iterable[int]) -> list[int]:
+        values = self._data.get(field, {})
+        return [id_ for id_ in ids if id_ not in values]
+
+    def invalidate(self, fields: Iterable[Field] | None = None, ids: Iterable[int] | None = None):
+        """Forget values: of the given fields (all when None), for the given ids (all when None)."""
+        targets = list(self._data) if fields is None else list(fields)
+        id_list = None if ids is None else list(ids)
+        for field in targets:
+            if id_list is None:
+                self._data.pop(field, None)
+            else:
+                values = self._data.get(field)
+                if values:
+                    for id_ in id_list:
+                        values.pop(id_, None)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+class Cursor:
+    """One database transaction and its cache. A transaction begins with the first statement
+    after the cursor is opened or committed (SQLAlchemy's autobegin).
+
+    Hooks registered with ``postcommit`` run once the transaction has committed (e.g. to wake
+    workers for newly queued jobs); they are dropped on rollback.
+    """
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.connection: Connection = registry.engine.connect()
+        self.cache = Cache()
+        self.computing: dict[Field, set[int]] = {}
+        self.user_groups: dict[int, frozenset[str]] = {}
+        self.trigger_depth = 0
+        self._postcommit: list[Callable[[], None]] = []
+
+    @property
+    def dialect(self) -> str:
+        """``'sqlite'`` or ``'postgresql'``."""
+        return self.connection.dialect.name
+
+    def execute(self, statement: Any, parameters: Any = None) -> Result:
+        return self.connection.execute(statement, parameters)
+
+    def postcommit(self, hook: Callable[[], None]) -> None:
+        if hook not in self._postcommit:
+            self._postcommit.append(hook)
+
+    def commit(self) -> None:
+        """Commit; the next statement starts a fresh transaction with an empty cache."""
+        self.connection.commit()
+        self._reset()
+        hooks, self._postcommit = self._postcommit, []
+        for hook in hooks:
+            hook()
+
+    def rollback(self) -> None:
+        self.connection.rollback()
+        self._reset()
+        self._postcommit = []
+
+    def _reset(self) -> None:
+        self.cache.clear()
+        self.user_groups.clear()
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo everything done inside the block when it raises (cache included)."""
+        nested = self.connection.begin_nested()
+        try:
+            yield
+        except BaseException:
+            if nested.is_active:
+                nested.rollback()
+            self.cache.clear()
+            raise
+        else:
+            nested.commit()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class Environment(Mapping):
+    """A user, a context and a transaction: the entry point to models (``env['x.y']``)."""
+
+    def __init__(
+        self,
+        cr: Cursor,
+        uid: int = SUPERUSER_ID,
+        context: Mapping[str, Any] | None = None,
+        su: bool = False,
+    ):
+        self.cr = cr
+        self.registry = cr.registry
+        self.uid = uid
+        self.context = MappingProxyType(dict(context or {}))
+        self.su = su or uid == SUPERUSER_ID
+
+    # -- models -----------------------------------------------------------------------------
+    def __getitem__(self, model_name: str) -> BaseModel:
+        return self.registry[model_name]._browse_empty(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.registry.models)
+
+    def __len__(self) -> int:
+        return len(self.registry.models)
+
+    def __contains__(self, model_name: object) -> bool:
+        return model_name in self.registry.models
+
+    def __call__(
+        self,
+        cr: Cursor | None = None,
+        user: int | BaseModel | None = None,
+        context: Mapping[str, Any] | None = None,
+        su: bool | None = None,
+    ) -> Environment:
+        """A derived environment. Switching user without ``su`` drops superuser mode."""
+        uid = self.uid if user is None else (user if isinstance(user, int) else user.id)
+        if su is None:
+            su = self.su if user is None else False
+        return Environment(cr or self.cr, uid, self.context if context is None else context, su)
+
+    def __repr__(self) -> str:
+        return f"<Environment uid={self.uid} su={self.su}>"
+
+    @property
+    def cache(self) -> Cache:
+        return self.cr.cache
+
+    @property
+    def user(self) -> BaseModel:
+        """The current user, as a ``res.users`` record (in superuser mode)."""
+        return self(su=True)["res.users"].browse(self.uid)
+
+    def ref(self, xml_id: str) -> BaseModel:
+        """The record with this external id (e.g. ``'base.group_user'``)."""
+        for model_name in self.registry.xml_id_models:
+            record = self(su=True)[model_name].search([("xml_id", "=", xml_id)], limit=1)
+            if record:
+                return record.with_env(self)
+        raise RegistryError(f"No record has the external id '{xml_id}'.")
+
+    def user_group_xml_ids(self) -> frozenset[str]:
+        """External ids of the current user's groups, implied groups included (cached)."""
+        cached = self.cr.user_groups.get(self.uid)
+        if cached is None:
+            cached = self.user._group_xml_ids()
+            self.cr.user_groups[self.uid] = cached
+        return cached
+
+    # -- computed fields --------------------------------------------------------------------
+    def is_computing(self, field: Field) -> bool:
+        return field in self.cr.computing
+
+    def mark_computed(self, field: Field, ids: Iterable[int]) -> None:
+        self.cr.computing[field].update(ids)
+
+    @contextlib.contextmanager
+    def computing(self, field: Field) -> Iterator[set[int]]:
+        """While inside, assigning ``field`` stores into the cache; yields the assigned ids."""
+        outer = self.cr.computing.get(field)
+        assigned: set[int] = set()
+        self.cr.computing[field] = assigned
+        try:
+            yield assigned
+        finally:
+            if outer is None:
+                del self.cr.computing[field]
+            else:
+                self.cr.computing[field] = outer
