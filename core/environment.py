@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import RegistryError
@@ -27,6 +26,18 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 SUPERUSER_ID = 1
+
+
+class frozendict(dict):
+    """A dict that cannot be changed (contexts are shared between recordsets)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("The context cannot be changed; use with_context() instead.")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
 
 
 class Cache:
@@ -155,7 +166,7 @@ class Environment(Mapping):
         self.cr = cr
         self.registry = cr.registry
         self.uid = uid
-        self.context = MappingProxyType(dict(context or {}))
+        self.context = frozendict(context or {})
         self.su = su or uid == SUPERUSER_ID
 
     # -- models -----------------------------------------------------------------------------

@@ -230,6 +230,11 @@ class Selection(Field):
     column_type = sa.String()
     extra_args = ("selection", "selection_add", "ondelete")
 
+    def __init__(self, selection=None, string: str | None = None, **kwargs: Any):
+        if selection is not None:
+            kwargs["selection"] = selection
+        super().__init__(string, **kwargs)
+
     def setup(self, name, model_name, args):
         super().setup(name, model_name, args)
         self.selection = args.get("selection", [])

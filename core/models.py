@@ -669,9 +669,7 @@ class BaseModel:
             rows.append(row)
             cache_rows.append(cache_row)
             x2many.append(relations)
-        table = self._table_obj
-        statement = sa.insert(table).returning(table.c.id, sort_by_parameter_order=True)
-        ids = tuple(self._execute_write(statement, rows).scalars())
+        ids = self._insert_rows(rows)
         cache = self.env.cache
         for id_, cache_row in zip(ids, cache_rows, strict=True):
             for field, value in cache_row.items():
@@ -688,6 +686,18 @@ class BaseModel:
         self.pool.triggers.after_change(records, set(self._fields), created=True)
         records._validate_constraints(set(self._fields))
         return records
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> tuple[int, ...]:
+        """INSERT the rows in batches; returns their new ids in the order of ``rows``."""
+        table = self._table_obj
+        if self.env.cr.dialect == "sqlite":
+            # SQLAlchemy cannot batch an *ordered* RETURNING on SQLite and would insert row by
+            # row. SQLite gives the rows of a write-locked transaction increasing rowids, in
+            # the order they are inserted, so sorting the ids restores the rows' order.
+            statement = sa.insert(table).returning(table.c.id)
+            return tuple(sorted(self._execute_write(statement, rows).scalars()))
+        statement = sa.insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        return tuple(self._execute_write(statement, rows).scalars())
 
     def _check_field_names(self, vals: dict[str, Any]) -> None:
         for name in vals:
@@ -711,8 +721,9 @@ class BaseModel:
 
     def _integrity_error(self, exc: IntegrityError) -> UserError:
         detail = str(exc.orig)
-        for name, message in self.pool.sql_constraint_messages.items():
-            if name in detail:
+        for signature, message in self.pool.sql_constraint_messages.items():
+            # PostgreSQL names the constraint; SQLite names the columns ("table.col, ...").
+            if any(part in detail for part in signature):
                 return ValidationError(message)
         lowered = detail.lower()
         if "unique" in lowered:

@@ -60,7 +60,8 @@ class Registry(Mapping):
         for manifest in self.manifests:
             addon_loader.import_addon(manifest)
         self.addons = [m.technical_name for m in self.manifests]
-        self.sql_constraint_messages: dict[str, str] = {}
+        # (constraint name, SQLite's 'table.column, ...' form) -> message for people
+        self.sql_constraint_messages: dict[tuple[str, str], str] = {}
         self.models: dict[str, type[BaseModel]] = build_models(self, self.addons)
         self.metadata, self.relation_tables = schema.build_metadata(self)
         self.triggers = Triggers(self)

@@ -68,7 +68,8 @@ def build_metadata(registry: Registry) -> tuple[sa.MetaData, dict[str, sa.Table]
             constraint_name = f"{model._table}_{name}"
             cols = [c.strip() for c in match.group(1).split(",")]
             constraints.append(sa.UniqueConstraint(*cols, name=constraint_name))
-            registry.sql_constraint_messages[constraint_name] = message
+            columns_signature = ", ".join(f"{model._table}.{c}" for c in cols)
+            registry.sql_constraint_messages[(constraint_name, columns_signature)] = message
         model._table_obj = sa.Table(model._table, metadata, *columns, *constraints)
     for model in stored:
         for field in model._fields.values():

@@ -1,0 +1,64 @@
+"""Units of work: commit on success, roll back everything on error."""
+
+import pytest
+
+from core import Registry, RegistryError, ValidationError
+
+
+def test_environment_commits_on_success(registry):
+    with registry.environment() as env:
+        env["test.tag"].create({"name": "kept"})
+    with registry.environment() as env:
+        assert env["test.tag"].search([]).mapped("name") == ["kept"]
+
+
+def test_environment_rolls_back_everything_on_error(registry):
+    with pytest.raises(ValidationError), registry.environment() as env:
+        env["test.tag"].create({"name": "first"})
+        env["test.partner"].create({"name": "A", "age": -1})
+    with registry.environment() as env:
+        assert env["test.tag"].search_count([]) == 0
+        assert env["test.partner"].search_count([]) == 0
+
+
+def test_a_failed_operation_inside_a_unit_leaves_earlier_work(registry):
+    """A refused write is undone on its own (savepoint); the unit of work may go on."""
+    with registry.environment() as env:
+        partner = env["test.partner"].create({"name": "A", "age": 1})
+        with pytest.raises(ValidationError):
+            partner.write({"age": -5, "name": "B"})
+        assert (partner.name, partner.age) == ("A", 1)
+    with registry.environment() as env:
+        assert env["test.partner"].search([]).mapped("name") == ["A"]
+
+
+def test_commit_makes_other_transactions_visible(registry):
+    """A new transaction sees what others committed. On SQLite a transaction holds the write
+    lock until it ends (BEGIN IMMEDIATE), so each side ends its transaction before the
+    other one writes: units of work must stay short."""
+    with registry.environment() as watcher, registry.environment() as writer:
+        tag = writer["test.tag"].create({"name": "one"})
+        writer.cr.commit()
+        assert watcher["test.tag"].browse(tag.id).name == "one"
+        watcher.cr.commit()
+        writer["test.tag"].browse(tag.id).name = "two"
+        writer.cr.commit()
+        assert watcher["test.tag"].browse(tag.id).name == "two"
+
+
+def test_unknown_model_is_a_clear_error(registry):
+    with (
+        registry.environment() as env,
+        pytest.raises(RegistryError, match="Unknown model 'x.nope'"),
+    ):
+        env["x.nope"]
+
+
+def test_in_memory_sqlite_is_refused():
+    with pytest.raises(RegistryError, match="SQLite needs a file"):
+        Registry("sqlite://", addons_path=[])
+
+
+def test_unsupported_database_is_refused(tmp_path):
+    with pytest.raises(RegistryError, match="Unsupported database 'mysql'"):
+        Registry("mysql://u:secretpw@h/db", addons_path=[])
