@@ -238,6 +238,15 @@ class Selection(Field):
     def setup(self, name, model_name, args):
         super().setup(name, model_name, args)
         self.selection = args.get("selection", [])
+        self._allowed = None
+
+    def allowed(self, model: BaseModel) -> frozenset | set:
+        """The accepted values (fixed lists are computed once)."""
+        if isinstance(self.selection, list | tuple):
+            if getattr(self, "_allowed", None) is None:
+                self._allowed = frozenset(key for key, _label in self.selection)
+            return self._allowed
+        return {key for key, _label in self.get_values(model)}
 
     def get_values(self, model: BaseModel) -> list[tuple[str, str]]:
         selection = self.selection
@@ -253,13 +262,12 @@ class Selection(Field):
     def convert_to_cache(self, value, record=None):
         if value is None or value is False:
             return None
-        if record is not None:
+        if record is not None and value not in self.allowed(record):
             allowed = [key for key, _label in self.get_values(record)]
-            if value not in allowed:
-                raise ValidationError(
-                    f"Field '{self.name}' of '{self.model_name}' does not accept "
-                    f"{_short_repr(value)}; allowed values: {', '.join(map(str, allowed))}."
-                )
+            raise ValidationError(
+                f"Field '{self.name}' of '{self.model_name}' does not accept "
+                f"{_short_repr(value)}; allowed values: {', '.join(map(str, allowed))}."
+            )
         return value
 
 
@@ -336,7 +344,9 @@ class Json(Field):
     """Any JSON-serialisable value (JSONB on PostgreSQL)."""
 
     type = "json"
-    column_type = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+    column_type = sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
 
     def convert_to_cache(self, value, record=None):
         if value is None or value is False:

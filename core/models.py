@@ -475,25 +475,37 @@ class BaseModel:
             else [name for name, field in self._fields.items() if field.type != "binary"]
         )
         selected = [self._field(name) for name in names]
-        for field in selected:
-            self._load(field)
+        self._load(*selected)
         cache = self.env.cache
-        return [
-            {
-                "id": id_,
-                **{
-                    field.name: field.convert_to_read(cache.get(field, id_), record)
-                    for field in selected
-                },
-            }
-            for id_, record in zip(self._ids, self, strict=True)
-        ]
+        result = [{"id": id_} for id_ in self._ids]
+        for field in selected:
+            convert = field.convert_to_read
+            try:
+                for row in result:
+                    row[field.name] = convert(cache.get(field, row["id"]), self)
+            except KeyError as missing:
+                raise MissingError(
+                    f"Record {self._name}({missing.args[0]}) does not exist or has been deleted."
+                ) from None
+        return result
 
-    def _load(self, field: Field) -> None:
-        """Make sure ``field`` is in cache for every record of this set."""
-        missing = self.env.cache.missing_ids(field, self._ids)
-        if missing:
-            self._browse(tuple(missing), self._ids)._fetch(field, missing[0])
+    def _load(self, *fields: Field) -> None:
+        """Make sure ``fields`` are in cache for every record of this set; the column fields
+        among them come in one query, and only those columns."""
+        cache = self.env.cache
+        columns = []
+        for field in fields:
+            missing = cache.missing_ids(field, self._ids)
+            if not missing:
+                continue
+            if field.column:
+                columns.append(field)
+            else:
+                self._browse(tuple(missing), self._ids)._fetch(field, missing[0])
+        if columns:
+            missing = sorted({i for f in columns for i in cache.missing_ids(f, self._ids)})
+            for chunk in _chunks(missing):
+                self._browse(tuple(chunk))._fetch_columns(chunk[0], columns)
 
     def _read_value(self, field: Field) -> Any:
         """The cached value of ``field`` for this single record, loading it when needed."""
@@ -538,9 +550,11 @@ class BaseModel:
         else:
             records._fetch_columns(id_)
 
-    def _fetch_columns(self, required_id: int) -> None:
+    def _fetch_columns(self, required_id: int, columns: Sequence[Field] | None = None) -> None:
+        """Load ``columns`` (default: all but binaries) of these records into the cache."""
         table, cache = self._table_obj, self.env.cache
-        columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
+        if columns is None:
+            columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
         query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
         where = table.c.id.in_(self._ids)
         if not self.env.su:
@@ -606,16 +620,23 @@ class BaseModel:
     # -- create ---------------------------------------------------------------------------
     def default_get(self, field_names: Iterable[str]) -> dict[str, Any]:
         """Defaults for the named fields (context keys ``default_<field>`` win)."""
-        result = {}
-        for name in field_names:
-            key = f"default_{name}"
+        static, dynamic = self._defaults_for([self._field(name) for name in field_names])
+        return {**static, **{field.name: default_value(field, self) for field in dynamic}}
+
+    def _defaults_for(self, fields: Sequence[Field]) -> tuple[dict[str, Any], list[Field]]:
+        """Defaults of ``fields``: values fixed for this call (context ``default_<name>``
+        keys and plain values), and the fields whose default is computed per record."""
+        static: dict[str, Any] = {}
+        dynamic: list[Field] = []
+        for field in fields:
+            key = f"default_{field.name}"
             if key in self.env.context:
-                result[name] = self.env.context[key]
-                continue
-            value = default_value(self._fields[name], self)
-            if value is not UNSET:
-                result[name] = value
-        return result
+                static[field.name] = self.env.context[key]
+            elif callable(field.default):
+                dynamic.append(field)
+            elif field.default is not UNSET:
+                static[field.name] = field.default
+        return static, dynamic
 
     def create(self, vals_list: dict[str, Any] | Sequence[dict[str, Any]]) -> BaseModel:
         """Create records from a dict or a list of dicts (one INSERT for the list); returns
@@ -639,46 +660,66 @@ class BaseModel:
                     f"create() on '{self._name}' takes dicts of field values, "
                     f"got {type(vals).__name__}."
                 )
-        column_fields = [f for f in self._fields.values() if f.column]
-        defaulted = [f for f in column_fields if not f.computed]
+        given = set().union(*(vals.keys() for vals in vals_list))
+        self._check_field_names(dict.fromkeys(given))
         now, uid = dt.datetime.now(dt.UTC), self.env.uid
+        # Audit values are the same for every row: convert them once.
+        audit = {
+            self._fields[name]: value
+            for name, value in (
+                ("create_date", now),
+                ("write_date", now),
+                ("create_uid", uid),
+                ("write_uid", uid),
+            )
+        }
+        audit_columns = {field.name: field.convert_to_column(v) for field, v in audit.items()}
+        column_fields = [f for f in self._fields.values() if f.column and f not in audit]
+        static, dynamic = self._defaults_for([f for f in column_fields if not f.computed])
         rows: list[dict[str, Any]] = []
-        cache_rows: list[dict[Field, Any]] = []
+        cache_rows: list[list[Any]] = []
         x2many: list[dict[Field, Any]] = []
         for vals in vals_list:
-            self._check_field_names(vals)
-            missing = [f.name for f in defaulted if f.name not in vals]
-            vals = {**self.default_get(missing), **vals}
-            vals.update(create_date=now, write_date=now, create_uid=uid, write_uid=uid)
-            row: dict[str, Any] = {}
-            cache_row: dict[Field, Any] = {}
-            relations: dict[Field, Any] = {}
+            full = {
+                **static,
+                **{f.name: default_value(f, self) for f in dynamic if f.name not in vals},
+                **vals,
+            }
+            row: dict[str, Any] = dict(audit_columns)
+            cache_row: list[Any] = []
             for field in column_fields:
-                value = field.convert_to_cache(vals.get(field.name), self)
+                value = field.convert_to_cache(full.get(field.name), self)
                 if value is None and field.required and not field.computed:
                     raise ValidationError(
                         f"Missing required value for field '{field.name}' ({field.string}) "
                         f"of '{self._name}'."
                     )
-                cache_row[field] = value
+                cache_row.append(value)
                 row[field.name] = field.convert_to_column(value)
-            for name, value in vals.items():
-                field = self._fields[name]
-                if field.type in ("one2many", "many2many"):
-                    relations[field] = value
             rows.append(row)
             cache_rows.append(cache_row)
-            x2many.append(relations)
+            x2many.append(
+                {
+                    self._fields[name]: value
+                    for name, value in vals.items()
+                    if self._fields[name].type in ("one2many", "many2many")
+                }
+            )
+        # Columns empty in every row are left to the database's NULL: less to send.
+        empty = [f.name for f in column_fields if all(row[f.name] is None for row in rows)]
+        for row in rows:
+            for name in empty:
+                del row[name]
         ids = self._insert_rows(rows)
         cache = self.env.cache
-        for id_, cache_row in zip(ids, cache_rows, strict=True):
-            for field, value in cache_row.items():
-                cache.set(field, id_, value)
+        for index, field in enumerate(column_fields):
+            cache.update(field, {id_: row[index] for id_, row in zip(ids, cache_rows, strict=True)})
+        for field, value in audit.items():
+            cache.update(field, dict.fromkeys(ids, value))
         records = self._browse(ids)
         for record, relations in zip(records, x2many, strict=True):
             for field, commands in relations.items():
                 record._write_x2many(field, commands)
-        given = set().union(*(vals.keys() for vals in vals_list))
         stored_computed = [
             f for f in self._fields.values() if f.computed and f.store and f.name not in given
         ]
