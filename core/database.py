@@ -4,7 +4,8 @@ SQLite (the embedded default) is opened with WAL (readers never block the writer
 keys on, a 30 s busy timeout and case-sensitive ``LIKE`` (``ilike`` does the case-insensitive
 search, as on PostgreSQL). Every transaction starts with ``BEGIN IMMEDIATE``: it takes the
 write lock up front, so two processes never both read then fail to upgrade to writing —
-the single-node equivalent of row locking. Transactions must therefore stay short.
+the single-node equivalent of row locking. Transactions must therefore stay short; long
+readers use read-only cursors, which begin DEFERRED and, under WAL, never block writers.
 
 PostgreSQL goes through psycopg 3 at READ COMMITTED: each new transaction sees what other
 workers committed.
@@ -20,6 +21,9 @@ from sqlalchemy.engine import Engine, make_url
 from .exceptions import RegistryError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option of read-only cursors: on SQLite their transactions begin DEFERRED, so a
+# long reader (a stream consumer, a monitor) never holds the write lock.
+READONLY_OPTION = "llmjobs_readonly"
 
 
 def normalize_url(url: str) -> str:
@@ -87,6 +91,7 @@ def _sqlite_engine(url, **options) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        readonly = connection.get_execution_options().get(READONLY_OPTION)
+        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine

@@ -93,13 +93,21 @@ class Cursor:
     """One database transaction and its cache. A transaction begins with the first statement
     after the cursor is opened or committed (SQLAlchemy's autobegin).
 
+    A ``readonly`` cursor is for long readers: on SQLite its transactions do not take the
+    write lock (writes through it may then fail when another process wrote meanwhile).
+
     Hooks registered with ``postcommit`` run once the transaction has committed (e.g. to wake
     workers for newly queued jobs); they are dropped on rollback.
     """
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, readonly: bool = False):
+        from .database import READONLY_OPTION
+
         self.registry = registry
+        self.readonly = readonly
         self.connection: Connection = registry.engine.connect()
+        if readonly:
+            self.connection.execution_options(**{READONLY_OPTION: True})
         self.cache = Cache()
         self.computing: dict[Field, set[int]] = {}
         self.user_groups: dict[int, frozenset[str]] = {}

@@ -111,8 +111,8 @@ class Registry(Mapping):
                     env[model_name]._register_hook()
         return done
 
-    def cursor(self) -> Cursor:
-        return Cursor(self)
+    def cursor(self, readonly: bool = False) -> Cursor:
+        return Cursor(self, readonly=readonly)
 
     @contextlib.contextmanager
     def environment(
@@ -120,14 +120,16 @@ class Registry(Mapping):
         user: int | BaseModel | None = None,
         context: Mapping[str, Any] | None = None,
         su: bool | None = None,
+        readonly: bool = False,
     ) -> Iterator[Environment]:
         """One unit of work: commits when the block ends, rolls everything back on error.
 
         Without ``user`` it runs as the superuser; with one, under that user's access rights
-        (``su=True`` keeps the user but skips the checks).
+        (``su=True`` keeps the user but skips the checks). ``readonly`` is for long reads
+        (see ``Cursor``).
         """
         uid = SUPERUSER_ID if user is None else (user if isinstance(user, int) else user.id)
-        cr = self.cursor()
+        cr = self.cursor(readonly=readonly)
         try:
             yield Environment(cr, uid, context, su=bool(su))
             cr.commit()

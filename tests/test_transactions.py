@@ -62,3 +62,13 @@ def test_in_memory_sqlite_is_refused():
 def test_unsupported_database_is_refused(tmp_path):
     with pytest.raises(RegistryError, match="Unsupported database 'mysql'"):
         Registry("mysql://u:secretpw@h/db", addons_path=[])
+
+
+def test_readonly_cursor_does_not_block_writers(registry):
+    """A long reader holds no write lock (SQLite: deferred BEGIN under WAL)."""
+    with registry.environment(readonly=True) as reader:
+        assert reader["test.tag"].search_count([]) == 0  # the read transaction is open
+        with registry.environment() as writer:
+            writer["test.tag"].create({"name": "written while a reader is open"})
+        reader.cr.commit()
+        assert reader["test.tag"].search_count([]) == 1
