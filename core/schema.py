@@ -133,7 +133,7 @@ def sync(connection: Connection, metadata: sa.MetaData) -> list[str]:
         kind = diff[0]
         if kind == "add_column":
             _schema, table, column = diff[1:4]
-            operations.add_column(table, column.copy())
+            operations.add_column(table, _detached(column))
             done.append(f"added column {table}.{column.name}")
         elif kind == "add_index":
             index = diff[1]
@@ -177,6 +177,14 @@ def sync(connection: Connection, metadata: sa.MetaData) -> list[str]:
     for step in done:
         _logger.info("Schema: %s", step)
     return done
+
+
+def _detached(column: sa.Column) -> sa.Column:
+    """A copy of a metadata column, not bound to its table, for Alembic's add_column."""
+    foreign_keys = [
+        sa.ForeignKey(fk.target_fullname, ondelete=fk.ondelete) for fk in column.foreign_keys
+    ]
+    return sa.Column(column.name, column.type, *foreign_keys, nullable=True, index=column.index)
 
 
 def _flatten(diffs: list) -> list[tuple]:

@@ -1,0 +1,161 @@
+"""The simulator's Starlette app, the same for every protocol: it checks the API key, picks
+the request's scenario, answers with an injected error or paces out the dialect's reply, and
+keeps the stats. ``GET /_sim/stats`` reads them and ``POST /_sim/reset`` zeroes them (queued
+faults stay)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+from collections import deque
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .anthropic_api import AnthropicDialect
+from .dialect import Dialect, Generation, default_message
+from .ollama_api import OllamaDialect
+from .openai_api import OpenAIDialect
+from .scenario import Scenario
+from .stats import COMPLETED, FAULT, REQUESTS, Outcome, Stats
+
+DIALECTS: dict[str, Dialect] = {
+    dialect.name: dialect for dialect in (OpenAIDialect(), AnthropicDialect(), OllamaDialect())
+}
+
+
+class SimulatedCut(Exception):
+    """Raised from a stream's body to make the server drop the connection mid-response."""
+
+
+class SimulatorState:
+    """What the app's requests share with the thread that owns the server: the defaults, the
+    API key, the queue of scripted faults and the stats."""
+
+    def __init__(self, defaults: Scenario, api_key: str | None = None):
+        self.defaults = defaults
+        self.api_key = api_key
+        self.stats = Stats()
+        self._faults: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+
+    def push_fault(self, **settings: Any) -> None:
+        """Queue Scenario settings for the next generation request (one request each)."""
+        self.defaults.updated(**settings)  # reject bad settings now, not in a request
+        with self._lock:
+            self._faults.append(settings)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def next_scenario(self, prompt: str) -> Scenario:
+        with self._lock:
+            queued = self._faults.popleft() if self._faults else {}
+        return self.defaults.updated(**queued).with_directives(prompt)
+
+
+def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
+    def error(status: int, message: str, retry_after: float | None = None) -> JSONResponse:
+        headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
+        return JSONResponse(dialect.error(status, message), status_code=status, headers=headers)
+
+    def refusal(request: Request) -> Response | None:
+        """The 401 for a request without the right key, if the server has one."""
+        given = dialect.given_key(request.headers)
+        if state.api_key is None or (
+                given is not None and hmac.compare_digest(given.encode(), state.api_key.encode())):
+            return None
+        return JSONResponse(dialect.unauthorized(given), status_code=401)
+
+    async def chat(request: Request) -> Response:
+        state.stats.count(REQUESTS)
+        refused = refusal(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "The request body is not valid JSON.")
+        try:
+            chat_request = dialect.parse(body)
+            scenario = state.next_scenario(chat_request.prompt)
+        except ValueError as exc:  # InvalidRequest, or a bad directive or queued fault
+            return error(400, str(exc))
+        if scenario.status is not None:
+            state.stats.count(FAULT)
+            return error(scenario.status, scenario.message or default_message(scenario.status),
+                         scenario.retry_after)
+        generation = Generation.plan(chat_request, scenario, dialect.id_prefix)
+        if chat_request.stream:
+            return GenerationStream(dialect, generation, state.stats)
+        with state.stats.generation(Outcome()) as outcome:
+            await asyncio.sleep(generation.duration)
+            outcome.counter = COMPLETED
+        return JSONResponse(dialect.complete(generation))
+
+    async def models(request: Request) -> Response:
+        return refusal(request) or JSONResponse(dialect.models())
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(state.stats.snapshot())
+
+    async def reset(request: Request) -> Response:
+        state.stats.reset()
+        return JSONResponse(state.stats.snapshot())
+
+    return Starlette(routes=[
+        Route(dialect.chat_path, chat, methods=["POST"]),
+        Route(dialect.models_path, models, methods=["GET"]),
+        Route("/_sim/stats", stats, methods=["GET"]),
+        Route("/_sim/reset", reset, methods=["POST"]),
+    ])
+
+
+class GenerationStream(StreamingResponse):
+    """A streamed reply, counted in flight until it ends: completed, faulted, or abandoned by
+    its client (Starlette cancels the body when the client disconnects)."""
+
+    def __init__(self, dialect: Dialect, generation: Generation, stats: Stats):
+        self._outcome = Outcome()
+        self._body = _paced_frames(dialect, generation, self._outcome)
+        self._stats = stats
+        super().__init__(self._body, media_type=dialect.stream_media_type,
+                         headers={"cache-control": "no-cache"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self._stats.generation(self._outcome):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self._body.aclose()
+
+
+async def _paced_frames(dialect: Dialect, generation: Generation, outcome: Outcome,
+                        ) -> AsyncGenerator[bytes, None]:
+    """The dialect's frames, each chunk after its delay; a scheduled fault replaces the rest."""
+    scenario = generation.scenario
+    yield dialect.start(generation)
+    for index in range(len(generation.chunks) + 1):
+        fault = scenario.stream_fault_at(index)
+        if fault is not None:
+            outcome.counter = FAULT
+            if fault == "cut":
+                raise SimulatedCut
+            if fault == "error":
+                yield dialect.stream_error(generation, scenario.message)
+            elif fault == "malformed":
+                yield dialect.malformed()
+            return
+        if index == len(generation.chunks):
+            break
+        await asyncio.sleep(generation.delay_before(index))
+        yield dialect.delta(generation, generation.chunks[index])
+    yield dialect.end(generation)
+    outcome.counter = COMPLETED

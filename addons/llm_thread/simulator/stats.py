@@ -1,0 +1,63 @@
+"""The simulator's counters, read from other threads (``server.stats()``) and other processes
+(``GET /_sim/stats``) to check what clients did: how many generation requests, how many at
+once, how they ended."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+REQUESTS = "requests"
+# How a generation ended; a generation that ends otherwise was abandoned by its client.
+COMPLETED, FAULT, DISCONNECT = "completed", "faults", "disconnects"
+
+
+@dataclass
+class Outcome:
+    """Set by the code producing a generation; left as DISCONNECT when it stopped early."""
+
+    counter: str = DISCONNECT
+
+
+class Stats:
+    """``requests``: generation requests received (any outcome, including refusals);
+    ``in_flight`` / ``max_in_flight``: generations running now / at most at once since the
+    last reset; ``completed``, ``disconnects`` (the client went away mid-generation) and
+    ``faults`` (injected errors, cuts and malformed streams)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._counts = self._zeros()
+
+    def _zeros(self) -> dict[str, int]:
+        return {REQUESTS: 0, "max_in_flight": self._in_flight, COMPLETED: 0, DISCONNECT: 0,
+                FAULT: 0}
+
+    def count(self, counter: str) -> None:
+        with self._lock:
+            self._counts[counter] += 1
+
+    @contextmanager
+    def generation(self, outcome: Outcome) -> Iterator[Outcome]:
+        """Count one generation in flight for the duration of the block, then its outcome."""
+        with self._lock:
+            self._in_flight += 1
+            self._counts["max_in_flight"] = max(self._counts["max_in_flight"], self._in_flight)
+        try:
+            yield outcome
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._counts[outcome.counter] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {**self._counts, "in_flight": self._in_flight}
+
+    def reset(self) -> None:
+        """Zero the counters; generations still running stay in flight."""
+        with self._lock:
+            self._counts = self._zeros()

@@ -1,0 +1,193 @@
+"""``ProviderError`` and the rules that classify a provider failure as retryable or permanent.
+
+Retryable: timeouts, connections refused, reset or cut mid-response, HTTP 408, 409, 425, 429
+and 5xx, and errors the provider reports in the middle of a stream it had accepted (unless
+their type names a caller error). Permanent: every other 4xx, and streams we cannot parse.
+
+The API key must never leak into logs or job records: no text built here includes request
+headers, and every message is scrubbed of the key it is given.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from http import HTTPStatus
+from typing import Any
+
+import httpx
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+# Error types, in a stream that had started, that blame the request rather than the provider.
+PERMANENT_ERROR_TYPES = frozenset({
+    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+    "request_too_large", "invalid_api_key",
+})
+REDACTED = "[redacted]"
+_MAX_BODY_TEXT = 300
+
+
+class ProviderError(Exception):
+    """A provider call failed; ``retryable`` tells whether trying again later may succeed,
+    ``retry_after`` how long the provider asked to wait (seconds), if it said."""
+
+    def __init__(self, provider: str, message: str, *, retryable: bool, status: int | None = None,
+                 retry_after: float | None = None, api_key: str | None = None):
+        self.provider = provider
+        self.message = scrub(message, api_key)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(self._describe())
+
+    @property
+    def kind(self) -> str:
+        return "retryable" if self.retryable else "permanent"
+
+    def _describe(self) -> str:
+        cause = self.message
+        if self.status is not None:
+            cause = f"HTTP {_status_line(self.status)}: {cause}"
+        note = self.kind
+        if self.retry_after is not None:
+            note += f", retry after {self.retry_after:g}s"
+        return f"Provider '{self.provider}' failed: {cause} ({note})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle as cls(*args); ours rebuild from their attributes instead.
+        return (_rebuild, (self.provider, self.message, self.retryable, self.status,
+                           self.retry_after))
+
+    def __repr__(self) -> str:
+        return (f"ProviderError(provider={self.provider!r}, status={self.status!r}, "
+                f"kind={self.kind!r}, retry_after={self.retry_after!r}, message={self.message!r})")
+
+
+def _rebuild(provider: str, message: str, retryable: bool, status: int | None,
+             retry_after: float | None) -> ProviderError:
+    return ProviderError(provider, message, retryable=retryable, status=status,
+                         retry_after=retry_after)
+
+
+def scrub(text: str, api_key: str | None) -> str:
+    """``text`` with every occurrence of ``api_key`` replaced."""
+    return text.replace(api_key, REDACTED) if api_key else text
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
+def parse_retry_after(headers: httpx.Headers | dict[str, str], now: float | None = None,
+                      ) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or an
+    HTTP-date); None when absent or unreadable."""
+    headers = httpx.Headers(headers)
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(float(milliseconds) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(moment.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def error_message(body: bytes | str) -> str | None:
+    """The provider's own message from an error body in any of the three shapes — OpenAI
+    ``{"error": {"message"}}``, Anthropic ``{"type": "error", "error": {"type", "message"}}``,
+    Ollama ``{"error": "..."}`` — else the start of the body's text, else None."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    return _payload_message(data) or text.strip()[:_MAX_BODY_TEXT] or None
+
+
+def from_response(provider: str, response: httpx.Response, api_key: str | None,
+                  ) -> ProviderError:
+    """The error for a non-2xx response whose body has been read."""
+    status = response.status_code
+    message = error_message(response.content) or "(no error message)"
+    return ProviderError(provider, message, status=status, retryable=is_retryable_status(status),
+                         retry_after=parse_retry_after(response.headers), api_key=api_key)
+
+
+def from_transport(provider: str, error: httpx.RequestError, api_key: str | None,
+                   ) -> ProviderError:
+    """The error for a failed connection, read or write: retryable unless the request itself
+    cannot be sent (unsupported URL scheme, invalid request)."""
+    detail = f"({type(error).__name__}: {error})" if str(error) else f"({type(error).__name__})"
+    if isinstance(error, httpx.TimeoutException):
+        action = {
+            httpx.ConnectTimeout: "connecting to the provider",
+            httpx.WriteTimeout: "sending the request",
+            httpx.PoolTimeout: "waiting for a free connection",
+        }.get(type(error), "waiting for the provider's response")
+        return ProviderError(provider, f"Timed out {action} {detail}", retryable=True,
+                             api_key=api_key)
+    if isinstance(error, httpx.ConnectError):
+        message, retryable = f"Could not connect to the provider {detail}", True
+    elif isinstance(error, httpx.RemoteProtocolError):
+        message, retryable = f"The provider closed the connection {detail}", True
+    elif isinstance(error, httpx.NetworkError | httpx.ProxyError):
+        message, retryable = f"The connection to the provider failed {detail}", True
+    elif isinstance(error, httpx.DecodingError):
+        message, retryable = f"Malformed response {detail}", False
+    else:
+        message, retryable = f"The request could not be sent {detail}", False
+    return ProviderError(provider, message, retryable=retryable, api_key=api_key)
+
+
+def from_stream_error(provider: str, payload: Any, api_key: str | None) -> ProviderError:
+    """The error for an error event in a stream the provider had accepted: ``payload`` is
+    the event's ``error`` value (an object with type and message, or Ollama's string)."""
+    error_type = payload.get("type") if isinstance(payload, dict) else None
+    message = _payload_message({"error": payload}) or "(no error message)"
+    if isinstance(error_type, str):
+        message = f"{error_type}: {message}"
+    return ProviderError(provider, f"Error in the stream: {message}",
+                         retryable=error_type not in PERMANENT_ERROR_TYPES, api_key=api_key)
+
+
+def malformed(provider: str, detail: str, api_key: str | None) -> ProviderError:
+    return ProviderError(provider, f"Malformed response stream: {detail}", retryable=False,
+                         api_key=api_key)
+
+
+def incomplete(provider: str) -> ProviderError:
+    """The stream ended without its terminal marker: the connection was cut."""
+    return ProviderError(provider, "The stream ended before completion", retryable=True)
+
+
+def _payload_message(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, str) and error:
+        return error
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        return error["message"]
+    message = data.get("message")
+    return message if isinstance(message, str) and message else None
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
