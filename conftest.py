@@ -43,8 +43,10 @@ def make_registry(db_url):
     """Build registries on the test database; they are closed after the test."""
     registries: list[Registry] = []
 
-    def make(addons_path=(), addons=None, url=None) -> Registry:
-        registry = Registry(url or db_url, addons_path=list(addons_path), addons=addons)
+    def make(addons_path=None, addons=None, url=None) -> Registry:
+        """``addons_path=None``: the project's addons/ folder."""
+        paths = None if addons_path is None else list(addons_path)
+        registry = Registry(url or db_url, addons_path=paths, addons=addons)
         registries.append(registry)
         return registry
 

@@ -26,6 +26,7 @@ records costs one query, not N. Writes go to the database at once and update the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections import defaultdict
@@ -595,9 +596,14 @@ class BaseModel:
         cache.update(field, {id_: tuple(ids) for id_, ids in values.items()})
 
     def _compute_field(self, field: Field) -> None:
-        """Run the compute method of ``field`` on these records; results go to the cache."""
+        """Run the compute method of ``field`` on these records; results go to the cache.
+        Fields sharing the method are assigned by the same call, as in Odoo."""
         records = self.exists() if not field.store else self
-        with self.env.computing(field) as assigned:
+        siblings = [field] if field.related else [
+            f for f in self._fields.values() if f.compute and f.compute == field.compute
+        ]
+        with contextlib.ExitStack() as stack:
+            assigned = next(iter([stack.enter_context(self.env.computing(f)) for f in siblings]))
             if field.related:
                 for record in records:
                     value: Any = record
@@ -606,7 +612,8 @@ class BaseModel:
                     record[field.name] = value  # type: ignore[index]
             else:
                 method = field.compute
-                (getattr(records, method) if isinstance(method, str) else lambda: method(records))()
+                (getattr(records, method) if isinstance(method, str) else
+                 lambda: method(records))()
         missing = set(records._ids) - assigned
         if missing:
             raise ValueError(
