@@ -1,0 +1,7 @@
+from . import (  # noqa: F401
+    llm_generation_job,
+    llm_generation_job_attempt,
+    llm_generation_queue,
+    llm_provider,
+    llm_thread,
+)

@@ -1,0 +1,284 @@
+"""Per-provider queues: configuration, live counts, health, statistics, and the entry points
+the crons and managers use to process, pause, clear and retry.
+
+Health, from the most to the least serious:
+
+- ``disabled``: the queue is paused (not enabled);
+- ``critical``: saturated (running >= max_concurrent_jobs) with a backlog above twice the
+  limit, or more than half of the jobs finished in the last hour failed (at least 5 finished);
+- ``warning``: saturated;
+- ``healthy``: otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from core import UserError, api, fields, models
+
+from ..claim import claim_jobs, requeue_expired, worker_name
+from ..notify import QUEUED, notifier_for
+
+_logger = logging.getLogger(__name__)
+
+HEALTH = [("healthy", "Healthy"), ("warning", "Warning"), ("critical", "Critical"),
+          ("disabled", "Disabled")]
+FAILURE_RATE_CRITICAL = 0.5
+FAILURE_RATE_MIN_JOBS = 5
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class GenerationQueue(models.Model):
+    _name = "llm.generation.queue"
+    _description = "LLM generation queue"
+    _order = "id"
+    _sql_constraints = [
+        ("provider_unique", "unique(provider_id)", "A queue already exists for this provider."),
+    ]
+
+    name = fields.Char(compute="_compute_name", store=True)
+    provider_id = fields.Many2one("llm.provider", required=True, ondelete="cascade")
+    enabled = fields.Boolean(default=True, help="Paused queues start no jobs")
+    max_concurrent_jobs = fields.Integer(default=5)
+    auto_retry_failed = fields.Boolean(default=True)
+    retry_delay_minutes = fields.Integer(default=5, help="Base of the exponential backoff")
+    job_timeout_minutes = fields.Integer(
+        default=60, help="Running jobs at an external provider longer than this fail (retryable)")
+    last_processed_at = fields.Datetime()
+    queued_jobs_count = fields.Integer(compute="_compute_counts")
+    current_running_jobs = fields.Integer(compute="_compute_counts")
+    failed_jobs_count = fields.Integer(compute="_compute_counts")
+    health = fields.Selection(HEALTH, compute="_compute_health", search="_search_health")
+
+    @api.depends("provider_id.name")
+    def _compute_name(self):
+        for queue in self:
+            queue.name = f"{queue.provider_id.name} queue"
+
+    def _compute_counts(self):
+        counts = self._state_counts()
+        for queue in self:
+            by_state = counts.get(queue.provider_id.id, {})
+            queue.queued_jobs_count = by_state.get("queued", 0)
+            queue.current_running_jobs = by_state.get("running", 0)
+            queue.failed_jobs_count = by_state.get("failed", 0)
+
+    def _state_counts(self) -> dict[int, dict[str, int]]:
+        groups = self.env["llm.generation.job"].sudo().read_group(
+            [("provider_id", "in", self.mapped("provider_id").ids)],
+            ["provider_id", "state"], ["__count"])
+        counts: dict[int, dict[str, int]] = {}
+        for group in groups:
+            counts.setdefault(group["provider_id"], {})[group["state"]] = group["__count"]
+        return counts
+
+    def _compute_health(self):
+        failure_rates = self._recent_failure_rates()
+        for queue in self:
+            saturated = queue.current_running_jobs >= queue.max_concurrent_jobs
+            if not queue.enabled:
+                queue.health = "disabled"
+            elif (saturated and queue.queued_jobs_count > 2 * queue.max_concurrent_jobs) or (
+                failure_rates.get(queue.provider_id.id, 0.0) > FAILURE_RATE_CRITICAL
+            ):
+                queue.health = "critical"
+            elif saturated:
+                queue.health = "warning"
+            else:
+                queue.health = "healthy"
+
+    def _recent_failure_rates(self) -> dict[int, float]:
+        since = _now() - dt.timedelta(hours=1)
+        groups = self.env["llm.generation.job"].sudo().read_group(
+            [("provider_id", "in", self.mapped("provider_id").ids),
+             ("state", "in", ["completed", "failed"]), ("completed_at", ">=", since)],
+            ["provider_id", "state"], ["__count"])
+        totals: dict[int, dict[str, int]] = {}
+        for group in groups:
+            totals.setdefault(group["provider_id"], {})[group["state"]] = group["__count"]
+        rates = {}
+        for provider_id, by_state in totals.items():
+            finished = sum(by_state.values())
+            if finished >= FAILURE_RATE_MIN_JOBS:
+                rates[provider_id] = by_state.get("failed", 0) / finished
+        return rates
+
+    def _search_health(self, operator, value):
+        if operator not in ("=", "!=", "in", "not in"):
+            raise UserError("Search queue health with =, !=, in or not in.")
+        wanted = {value} if isinstance(value, str) else set(value)
+        queues = self.search([])
+        matching = [q.id for q in queues if (q.health in wanted) == (operator in ("=", "in"))]
+        return [("id", "in", matching)]
+
+    # -- creation ----------------------------------------------------------------------------
+    @api.model_create_multi
+    def create(self, vals_list):
+        for vals in vals_list:
+            provider_id = vals.get("provider_id")
+            if provider_id and self.sudo().search_count([("provider_id", "=", provider_id)]):
+                name = self.env["llm.provider"].sudo().browse(provider_id).name
+                raise UserError(f"A queue already exists for provider '{name}'; configure "
+                                "that one instead.")
+        return super().create(vals_list)
+
+    @api.model
+    def _get_or_create_queue(self, provider_id):
+        """The provider's queue (created enabled, with defaults, on first use)."""
+        provider_id = getattr(provider_id, "id", provider_id)
+        queue = self.sudo().search([("provider_id", "=", provider_id)], limit=1)
+        return queue or self.sudo().create({"provider_id": provider_id})
+
+    # -- processing --------------------------------------------------------------------------
+    @api.model
+    def _process_provider_queue(self, provider):
+        """Start as many queued jobs of ``provider`` as its queue allows; returns how many.
+
+        In a worker process the jobs are handed to its runner; elsewhere (a script, ``llmjobs
+        cron run``) they run here, one after another, before this returns. Commits the
+        current transaction (the claims must be visible to other workers)."""
+        from ..runner import active_runner
+
+        provider_id = getattr(provider, "id", provider)
+        self._get_or_create_queue(provider_id)
+        runner = active_runner(self.pool)
+        limit = runner.free_slots() if runner else None
+        if limit == 0:
+            return 0
+        leases = claim_jobs(self.env, provider_id, worker_name(), limit=limit)
+        self.env.cr.commit()
+        if runner:
+            for lease in leases:
+                runner.submit(lease)
+        else:
+            from ..execution import run_attempt
+
+            for lease in leases:
+                run_attempt(self.pool, lease)
+        return len(leases)
+
+    @api.model
+    def _process_all_queues(self):
+        """Cron: process every enabled queue. Returns the number of jobs started."""
+        started = 0
+        for queue in self.sudo().search([("enabled", "=", True)]):
+            try:
+                started += self._process_provider_queue(queue.provider_id.id)
+            except Exception:
+                _logger.exception("Processing the queue of provider %s failed",
+                                  queue.provider_id.id)
+                self.env.cr.rollback()
+        return started
+
+    @api.model
+    def _check_job_statuses(self):
+        """Cron: take back jobs of dead workers, fail jobs stuck at an external provider, and
+        ask providers about their asynchronous jobs."""
+        recovered = requeue_expired(self.env)
+        self.env.cr.commit()
+        jobs = self.env["llm.generation.job"].sudo()
+        for job in jobs.search([("state", "=", "running"), ("external_job_id", "!=", False)]):
+            queue = self._get_or_create_queue(job.provider_id.id)
+            timeout = dt.timedelta(minutes=queue.job_timeout_minutes or 60)
+            if job.started_at and job.started_at < _now() - timeout:
+                job._fail_attempt(f"No result from the provider after {timeout}.",
+                                  retryable=True)
+            else:
+                job.check_status(wait=0)  # applies the provider's answer and commits
+            self.env.cr.commit()
+        return recovered
+
+    @api.model
+    def _auto_retry_failed_jobs(self):
+        """Cron: requeue failed jobs whose automatic retry is due. Returns how many."""
+        due = self.env["llm.generation.job"].sudo().search([
+            ("state", "=", "failed"), ("error_kind", "=", "retryable"),
+            ("next_retry_at", "!=", False), ("next_retry_at", "<=", _now()),
+        ], order="next_retry_at")
+        retried = 0
+        for job in due.filtered("can_retry"):
+            if self._get_or_create_queue(job.provider_id.id).auto_retry_failed:
+                job.action_retry()
+                retried += 1
+        return retried
+
+    # -- manager actions ---------------------------------------------------------------------
+    def action_enable(self):
+        self.write({"enabled": True})
+        for queue in self:
+            notifier_for(self.pool).send(self.env.cr, QUEUED, queue.provider_id.id)
+        return True
+
+    def action_disable(self):
+        self.write({"enabled": False})
+        return True
+
+    def action_process_queue(self):
+        return sum(self._process_provider_queue(queue.provider_id.id) for queue in self)
+
+    def action_clear_queue(self):
+        """Cancel every queued job of these queues; returns how many."""
+        jobs = self.env["llm.generation.job"].sudo().search([
+            ("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "queued")])
+        for job in jobs:
+            job._finish("cancelled", error="Queue cleared by a manager.")
+        return len(jobs)
+
+    def action_retry_failed_jobs(self):
+        """Retry every failed job of these queues that has retries left; returns how many."""
+        jobs = self.env["llm.generation.job"].sudo().search([
+            ("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "failed")])
+        retryable = jobs.filtered("can_retry")
+        for job in retryable:
+            job.action_retry()
+        return len(retryable)
+
+    # -- statistics --------------------------------------------------------------------------
+    def get_queue_stats(self, window_hours: float = 24):
+        """Counts and performance over the last ``window_hours`` hours, as a dict."""
+        self.ensure_one()
+        jobs = self.env["llm.generation.job"].sudo()
+        since = _now() - dt.timedelta(hours=window_hours)
+        provider = [("provider_id", "=", self.provider_id.id)]
+        counts = dict.fromkeys(("draft", "queued", "running", "completed", "failed",
+                                "cancelled"), 0)
+        counts.update(self._state_counts().get(self.provider_id.id, {}))
+        finished = jobs.read_group(
+            [*provider, ("state", "in", ["completed", "failed"]), ("completed_at", ">=", since)],
+            ["state"], ["__count", "queue_duration:avg", "duration:avg"])
+        by_state = {g["state"]: g for g in finished}
+        done = by_state.get("completed", {}).get("__count", 0)
+        failed = by_state.get("failed", {}).get("__count", 0)
+        oldest = jobs.search([*provider, ("state", "=", "queued")], order="queued_at", limit=1)
+        return {
+            "queue_id": self.id,
+            "provider_name": self.provider_id.name,
+            "enabled": self.enabled,
+            "max_concurrent_jobs": self.max_concurrent_jobs,
+            "queue_health": self.health,
+            "job_counts": counts,
+            "performance": {
+                "avg_queue_time": _average(finished, "queue_duration:avg"),
+                "avg_processing_time": _average(finished, "duration:avg"),
+                "success_rate": 100.0 * done / (done + failed) if done + failed else 0.0,
+                "throughput_per_hour": done / window_hours,
+                "oldest_queued_age": (
+                    (_now() - oldest.queued_at).total_seconds() if oldest else 0.0
+                ),
+                "total_jobs_window": jobs.search_count([*provider, ("create_date", ">=", since)]),
+                "window_hours": window_hours,
+            },
+            "last_processed_at": self.last_processed_at or None,
+        }
+
+
+def _average(groups: list[dict], key: str) -> float:
+    """Weighted mean of per-state averages."""
+    total = sum(g["__count"] for g in groups)
+    if not total:
+        return 0.0
+    return sum((g[key] or 0.0) * g["__count"] for g in groups) / total

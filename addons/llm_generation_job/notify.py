@@ -1,0 +1,119 @@
+"""Wake-ups between processes: "a job was queued", "a job made progress", "cancel this job".
+
+Senders call ``Notifier.send(cr, channel, payload)`` inside their transaction; receivers
+``wait(channel, payload, timeout)``. Delivery happens when (and only if) the transaction
+commits:
+
+- on PostgreSQL through ``pg_notify`` (NOTIFY is transactional), received by one LISTEN
+  connection per process whose thread wakes the local waiters — any machine sharing the
+  database hears it;
+- in every process, through a post-commit hook that wakes local waiters directly (the only
+  path on SQLite, where other processes fall back to polling).
+
+A wait that times out is not an error: callers re-check the database, so a lost wake-up only
+costs the poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from core.environment import Cursor
+    from core.registry import Registry
+
+_logger = logging.getLogger(__name__)
+
+QUEUED = "llmjobs_queued"
+PROGRESS = "llmjobs_progress"
+CANCEL = "llmjobs_cancel"
+CHANNELS = (QUEUED, PROGRESS, CANCEL)
+
+
+class Notifier:
+    """Per-registry wake-up hub. Get it with ``notifier_for(registry)``."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._condition = threading.Condition()
+        # (channel, payload) -> number of signals so far; waiters compare generations.
+        self._generations: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, cr: Cursor, channel: str, payload: str | int = "") -> None:
+        """Deliver ``(channel, payload)`` when ``cr``'s transaction commits."""
+        payload = str(payload)
+        if cr.dialect == "postgresql":
+            cr.execute(sa.select(sa.func.pg_notify(channel, payload)))
+        cr.postcommit(lambda: self._signal(channel, payload))
+
+    def _signal(self, channel: str, payload: str) -> None:
+        with self._condition:
+            self._generations[(channel, payload)] += 1
+            self._generations[(channel, "")] += 1
+            self._condition.notify_all()
+
+    # -- receiving ---------------------------------------------------------------------------
+    def generation(self, channel: str, payload: str | int = "") -> int:
+        """A marker to pass to ``wait``: take it *before* checking the database, so a signal
+        sent between the check and the wait is not missed."""
+        with self._condition:
+            return self._generations[(channel, str(payload))]
+
+    def wait(self, channel: str, payload: str | int, since: int, timeout: float) -> bool:
+        """Wait until ``(channel, payload)`` is signalled after ``since`` (``payload=""``:
+        any payload). Returns whether it was."""
+        key = (channel, str(payload))
+        with self._condition:
+            return self._condition.wait_for(lambda: self._generations[key] != since, timeout)
+
+    def listen(self) -> None:
+        """Start hearing other processes' notifications (PostgreSQL only; idempotent)."""
+        if self.registry.dialect != "postgresql" or self._listener is not None:
+            return
+        self._listener = threading.Thread(target=self._listen, name="llmjobs-listen", daemon=True)
+        self._listener.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+            self._listener = None
+
+    def _listen(self) -> None:
+        import psycopg
+
+        url = self.registry.engine.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True) as connection:
+                    for channel in CHANNELS:
+                        connection.execute(f"LISTEN {channel}")
+                    while not self._stop.is_set():
+                        for notification in connection.notifies(timeout=0.5):
+                            self._signal(notification.channel, notification.payload)
+            except psycopg.Error as exc:
+                _logger.warning("Notification listener lost its connection (%s); reconnecting",
+                                type(exc).__name__)
+                self._stop.wait(1)
+
+
+_NOTIFIERS: dict[int, Notifier] = {}
+_LOCK = threading.Lock()
+
+
+def notifier_for(registry: Registry) -> Notifier:
+    """The registry's notifier (created on first use)."""
+    with _LOCK:
+        notifier = _NOTIFIERS.get(id(registry))
+        if notifier is None or notifier.registry is not registry:
+            notifier = _NOTIFIERS[id(registry)] = Notifier(registry)
+        return notifier
