@@ -140,6 +140,8 @@ class Field:
     def __get__(self, record: BaseModel | None, owner: type | None = None) -> Any:
         if record is None:
             return self
+        if not record._ids:  # as in Odoo: an empty recordset reads as the empty value
+            return self.convert_to_record(None, record)
         record.ensure_one()
         return self.convert_to_record(record._read_value(self), record)
 

@@ -220,3 +220,10 @@ def test_with_context_and_default_from_context(env):
     assert partner.with_context({"lang": "de"}).env.context == {"lang": "de"}
     with pytest.raises(TypeError, match="with_context"):
         partner.env.context["lang"] = "en"
+
+
+def test_fields_of_an_empty_recordset_read_as_empty(env):
+    nobody = env["test.partner"]
+    assert (nobody.name, nobody.age, nobody.active) == (False, 0, False)
+    assert nobody.parent_id == env["test.partner"] and not nobody.tag_ids
+    assert nobody.parent_id.name is False

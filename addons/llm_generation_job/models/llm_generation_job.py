@@ -264,10 +264,10 @@ class GenerationJob(models.Model):
         notifier = notifier_for(self.pool)
         notifier.listen()
         since = notifier.generation(PROGRESS, self.id)
-        self.env.cr.commit()
-        if self.state in ACTIVE_STATES and not self.external_job_id:
+        follow = self.state in ACTIVE_STATES and not self.external_job_id
+        self.env.cr.commit()  # nothing may be read until the wait ends: a read would start a
+        if follow:            # transaction that (on SQLite) holds the lock the worker needs
             notifier.wait(PROGRESS, self.id, since, wait)
-            self.env.cr.commit()
         if self.state != "running":
             return False
         try:
