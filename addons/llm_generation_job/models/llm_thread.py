@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from addons.llm_thread import updates
 from core import UserError, fields, models
 
 from ..follow import follow_job
@@ -30,12 +31,11 @@ class LLMThread(models.Model):
             yield from super().generate_response(user_message, **options)
             return
         job = self._queue_generation(user_message, options)
-        if job.input_message_id:
-            from addons.llm_thread import updates
-
-            yield updates.message_create(updates.message_payload(job.input_message_id))
+        posted = updates.message_payload(job.input_message_id) if job.input_message_id else None
         job_id = job.id
-        self.env.cr.commit()  # the worker must see the job; following needs no open transaction
+        self.env.cr.commit()  # the worker must see the job; nothing is read after this, so no
+        if posted:            # transaction stays open while the consumer holds the generator
+            yield updates.message_create(posted)
         yield from follow_job(self.env, job_id)
 
     def _queue_generation(self, user_message, options):

@@ -97,16 +97,19 @@ class LLMThread(models.Model):
 
     def _generate_direct(self, user_message, options, token) -> Iterator[dict[str, Any]]:
         cr = self.env.cr
+        # Payloads are built before each commit: a read after it would start a transaction
+        # that stays open (on SQLite: holding the write lock) while the consumer holds us.
         if user_message:
-            posted = self.message_post(body=user_message, llm_role="user")
+            posted = updates.message_payload(self.message_post(body=user_message,
+                                                               llm_role="user"))
             cr.commit()
-            yield updates.message_create(updates.message_payload(posted))
+            yield updates.message_create(posted)
         conversation = self._conversation()
         reply = self.message_post(body="", llm_role="assistant", state="streaming")
         reply_id, provider_id, model = reply.id, self.provider_id.id, self.model_id
         model_name = model.sudo().name if model else None
+        payload = updates.message_payload(reply)
         cr.commit()
-        payload = updates.message_payload(self.env["llm.message"].browse(reply_id))
         yield updates.message_create(payload)
         text: list[str] = []
         usage = finish = None
@@ -150,8 +153,8 @@ class LLMThread(models.Model):
                     provider_metadata=(finish.metadata or False) if finish else False,
                 )
             reply.write(values)
+            payload = updates.message_payload(reply)
             cr.commit()
-        payload = updates.message_payload(reply)
         yield updates.message_update(payload)
         if failure is not None:
             yield updates.error(str(failure), kind=failure.kind, message=payload)
