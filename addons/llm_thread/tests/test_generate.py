@@ -107,9 +107,11 @@ def test_two_generations_at_once_are_refused(registry, make_thread, openai_serve
     with registry.environment() as env:
         first = env["llm.thread"].browse(thread_id).generate_response("[sim:token_delay=0.01] a")
         next(first)
-        with registry.environment() as other:  # another unit of work, as another process
-            with pytest.raises(UserError, match="already generating a response"):
-                next(other["llm.thread"].browse(thread_id).generate_response("b"))
+        with (
+            registry.environment() as other,  # another unit of work, as another process
+            pytest.raises(UserError, match="already generating a response"),
+        ):
+            next(other["llm.thread"].browse(thread_id).generate_response("b"))
         first.close()
         assert list(env["llm.thread"].browse(thread_id).generate_response("c"))[-1][
             "type"] == "done"

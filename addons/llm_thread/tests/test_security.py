@@ -45,8 +45,10 @@ def test_managers_see_all_threads(people):
 
 def test_only_managers_read_provider_configuration(people):
     registry, ids = people
-    with registry.environment(user=ids["alice"]) as env:
-        with pytest.raises(AccessError, match="'llm.provider'"):
-            env["llm.provider"].browse(ids["provider"]).api_base
+    with (
+        registry.environment(user=ids["alice"]) as env,
+        pytest.raises(AccessError, match="'llm.provider'"),
+    ):
+        env["llm.provider"].browse(ids["provider"]).api_base
     with registry.environment(user=ids["boss"]) as env:
         assert env["llm.provider"].browse(ids["provider"]).api_base == "http://127.0.0.1:9"
