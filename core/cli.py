@@ -101,6 +101,15 @@ def user_create(
         click.echo(f"Created user {login} (id {new_user.id}).")
 
 
+@main.command()
+@click.pass_obj
+def worker(obj: CliContext):
+    """Run the background services of the installed addons until stopped."""
+    from .worker import run_worker
+
+    run_worker(obj.registry())
+
+
 def _mount_addon_commands() -> None:
     """Add the ``commands`` of every addon's ``cli.py`` to the main group."""
     folders = addon_loader.addon_search_path(_addons_path_from_env())

@@ -348,6 +348,10 @@ class GenerationJob(models.Model):
             reply = thread.message_post(body="", llm_role="assistant", state="streaming")
             self._fenced_update(token, {"output_message_id": reply.id}, allow_cancelled=True)
         inputs = self.generation_inputs or {}
+        if not self.input_message_id and inputs.get("prompt"):
+            # A job created with a prompt rather than a posted message (the contract's
+            # "Create a job" example): the prompt is the user's turn.
+            messages.append({"role": "user", "content": str(inputs["prompt"])})
         return {
             "provider_id": self.provider_id.id,
             "model": self.model_id.name or None,
