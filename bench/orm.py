@@ -24,7 +24,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # not bench/: bench/queue.py would shadow the stdlib's queue
 
 from core import Environment, Registry  # noqa: E402
 from core.testing import postgres_base_url, postgres_schema_url  # noqa: E402

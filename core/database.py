@@ -24,6 +24,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option of read-only cursors: on SQLite their transactions begin DEFERRED, so a
 # long reader (a stream consumer, a monitor) never holds the write lock.
 READONLY_OPTION = "llmjobs_readonly"
+# Connections open lazily; the ceiling must cover a busy worker (about two per running job:
+# the stream's read-only cursor and a short one for each progress write).
+POOL_OPTIONS = {"pool_size": 10, "max_overflow": 40}
 
 
 def normalize_url(url: str) -> str:
@@ -47,7 +50,7 @@ def create_engine(url: str, **options) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed, **options)
     if backend == "postgresql":
-        return sa.create_engine(parsed, pool_pre_ping=True, **options)
+        return sa.create_engine(parsed, **{**POOL_OPTIONS, "pool_pre_ping": True, **options})
     raise RegistryError(
         f"Unsupported database '{backend}': use SQLite or PostgreSQL (got {_redacted(url)})."
     )
@@ -71,7 +74,7 @@ def _sqlite_engine(url, **options) -> Engine:
     engine = sa.create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-        **options,
+        **{**POOL_OPTIONS, **options},
     )
 
     @sa.event.listens_for(engine, "connect")

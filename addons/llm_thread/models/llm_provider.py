@@ -18,6 +18,7 @@ taken only at the wire boundary.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,8 +120,8 @@ class LLMProvider(models.Model):
 
     def _wire_models(self, protocol: str) -> list[dict]:
         settings = self._wire_settings()
-        with httpx.Client(timeout=settings.pop("timeout")) as client:
-            return wire.PROTOCOLS[protocol].list_models(client, **settings)
+        client = shared_client(settings.pop("timeout"))
+        return wire.PROTOCOLS[protocol].list_models(client, **settings)
 
     def _plain_messages(self, messages: list[dict]) -> list[dict]:
         return [{"role": m["role"], "content": m.get("content") or ""} for m in messages]
@@ -148,18 +149,29 @@ class LLMProvider(models.Model):
     )
 
 
+_CLIENTS: dict[float | None, httpx.Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(timeout: float | None) -> httpx.Client:
+    """A process-wide client per timeout: connections are pooled and TLS set up once (a
+    new client costs a CA-bundle load and a connection per call). httpx clients are
+    thread-safe."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(timeout)
+        if client is None or client.is_closed:
+            client = _CLIENTS[timeout] = httpx.Client(timeout=timeout)
+        return client
+
+
 def _stream(protocol: str, settings: dict, messages, model: str,
             http_client: httpx.Client | None, options: dict) -> Iterator:
-    """The wire stream, on the caller's client or on one of its own (closed at the end, or
-    when the consumer closes the generator: the HTTP stream goes with it)."""
-    client = http_client or httpx.Client(timeout=settings["timeout"])
-    try:
-        yield from wire.PROTOCOLS[protocol].stream_chat(
-            client, provider=settings["provider"], api_base=settings["api_base"],
-            api_key=settings["api_key"], model=model, messages=messages, options=options)
-    finally:
-        if http_client is None:
-            client.close()
+    """The wire stream, on the caller's client or the shared one. Closing the generator
+    closes the HTTP stream (the response), not the client."""
+    client = http_client or shared_client(settings["timeout"])
+    yield from wire.PROTOCOLS[protocol].stream_chat(
+        client, provider=settings["provider"], api_base=settings["api_base"],
+        api_key=settings["api_key"], model=model, messages=messages, options=options)
 
 
 def _collect(events) -> dict[str, Any]:
