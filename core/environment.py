@@ -90,8 +90,12 @@ class Cache:
 
 
 class Cursor:
-    """One database transaction and its cache. A transaction begins with the first statement
-    after the cursor is opened or committed (SQLAlchemy's autobegin).
+    """One database transaction at a time, and its cache.
+
+    A transaction begins with the first statement after the cursor is opened or committed;
+    the cursor takes a pooled connection then and gives it back when the transaction ends
+    (commit, rollback), so an idle cursor holds no connection — a worker streaming many
+    replies does not hold one per stream.
 
     A ``readonly`` cursor is for long readers: on SQLite its transactions do not take the
     write lock (writes through it may then fail when another process wrote meanwhile).
@@ -101,13 +105,9 @@ class Cursor:
     """
 
     def __init__(self, registry: Registry, readonly: bool = False):
-        from .database import READONLY_OPTION
-
         self.registry = registry
         self.readonly = readonly
-        self.connection: Connection = registry.engine.connect()
-        if readonly:
-            self.connection.execution_options(**{READONLY_OPTION: True})
+        self._connection: Connection | None = None
         self.cache = Cache()
         self.computing: dict[Field, set[int]] = {}
         self.user_groups: dict[int, frozenset[str]] = {}
@@ -115,9 +115,20 @@ class Cursor:
         self._postcommit: list[Callable[[], None]] = []
 
     @property
+    def connection(self) -> Connection:
+        """The connection of the current transaction (taken from the pool on first use)."""
+        if self._connection is None:
+            from .database import READONLY_OPTION
+
+            self._connection = self.registry.engine.connect()
+            if self.readonly:
+                self._connection.execution_options(**{READONLY_OPTION: True})
+        return self._connection
+
+    @property
     def dialect(self) -> str:
         """``'sqlite'`` or ``'postgresql'``."""
-        return self.connection.dialect.name
+        return self.registry.engine.dialect.name
 
     def execute(self, statement: Any, parameters: Any = None) -> Result:
         return self.connection.execute(statement, parameters)
@@ -128,16 +139,25 @@ class Cursor:
 
     def commit(self) -> None:
         """Commit; the next statement starts a fresh transaction with an empty cache."""
-        self.connection.commit()
+        if self._connection is not None:
+            self._connection.commit()
+            self._release()
         self._reset()
         hooks, self._postcommit = self._postcommit, []
         for hook in hooks:
             hook()
 
     def rollback(self) -> None:
-        self.connection.rollback()
+        if self._connection is not None:
+            self._connection.rollback()
+            self._release()
         self._reset()
         self._postcommit = []
+
+    def _release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()  # back to the pool
 
     def _reset(self) -> None:
         self.cache.clear()
@@ -158,7 +178,7 @@ class Cursor:
             nested.commit()
 
     def close(self) -> None:
-        self.connection.close()
+        self._release()
 
 
 class Environment(Mapping):

@@ -155,6 +155,7 @@ def _stream(registry: Registry, request: dict[str, Any], reply: _Reply,
             provider = env["llm.provider"].browse(request["provider_id"])
             stream = provider.chat(request["messages"], model=request["model"], stream=True,
                                    http_client=client, **request["options"])
+            env.cr.commit()  # the stream holds no connection (a later read takes one again)
             try:
                 for event in stream:
                     if control.aborted:

@@ -119,6 +119,7 @@ class LLMThread(models.Model):
             with self.pool.environment(readonly=True) as reader:
                 provider = reader["llm.provider"].browse(provider_id)
                 stream = provider.chat(conversation, model=model_name, **options)
+                reader.cr.commit()  # no connection is held while waiting for tokens
                 try:
                     renew_at = time.monotonic() + LOCK_SECONDS / 3
                     for event in stream:
