@@ -108,6 +108,7 @@ class Cursor:
         self.registry = registry
         self.readonly = readonly
         self._connection: Connection | None = None
+        self._closed = False
         self.cache = Cache()
         self.computing: dict[Field, set[int]] = {}
         self.user_groups: dict[int, frozenset[str]] = {}
@@ -120,6 +121,11 @@ class Cursor:
         if self._connection is None:
             from .database import READONLY_OPTION
 
+            if self._closed:
+                raise RuntimeError(
+                    "This cursor is closed: its unit of work ended. Read records inside "
+                    "their `with registry.environment()` block, or open a new one."
+                )
             self._connection = self.registry.engine.connect()
             if self.readonly:
                 self._connection.execution_options(**{READONLY_OPTION: True})
@@ -178,7 +184,10 @@ class Cursor:
             nested.commit()
 
     def close(self) -> None:
+        if self._connection is not None:
+            self._connection.rollback()
         self._release()
+        self._closed = True
 
 
 class Environment(Mapping):

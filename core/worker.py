@@ -1,4 +1,5 @@
-"""``llmjobs worker``: a foreground process running the addons' services.
+"""``llmjobs worker``: a foreground process running the crons of cron.yaml and the addons'
+services.
 
 SIGTERM or Ctrl-C stops it cleanly: each service finishes or hands back its work in flight
 (within ``STOP_TIMEOUT`` seconds), then the process exits 0.
@@ -10,6 +11,7 @@ import logging
 import signal
 import threading
 
+from .cron import CronService
 from .registry import Registry
 from .services import load_services
 
@@ -21,7 +23,7 @@ def run_worker(registry: Registry) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    services = load_services(registry)
+    services = [CronService(registry), *load_services(registry)]
     for service in services:
         service.start()
         _logger.info("Started %s", service.name)

@@ -72,3 +72,10 @@ def test_readonly_cursor_does_not_block_writers(registry):
             writer["test.tag"].create({"name": "written while a reader is open"})
         reader.cr.commit()
         assert reader["test.tag"].search_count([]) == 1
+
+
+def test_records_cannot_be_read_after_their_unit_of_work(registry):
+    with registry.environment() as env:
+        tag = env["test.tag"].create({"name": "t"})
+    with pytest.raises(RuntimeError, match="unit of work ended"):
+        tag.name

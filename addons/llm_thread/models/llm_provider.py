@@ -74,7 +74,7 @@ class LLMProvider(models.Model):
         self.ensure_one()
         Model = self.env["llm.model"]
         found = self._dispatch("models")
-        existing = {m.name: m for m in Model.with_context(active_test=False).search(
+        existing = {m.name: m for m in Model.search(
             [("provider_id", "=", self.id)])}
         for entry in found:
             record = existing.get(entry["name"])
