@@ -2,6 +2,7 @@
 worker processes running each tick of a 1-second cron exactly once."""
 
 import datetime as dt
+import itertools
 import logging
 import os
 import shutil
@@ -130,7 +131,7 @@ def test_three_workers_run_each_tick_once(pg_url, tmp_path):
         assert failing.failure_count >= 2 and "boom" in failing.last_error
         pids = set(ticks.mapped("pid"))
     registry.close()
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
     assert len(times) >= 6
     assert min(gaps) > 0.5, "a tick ran twice"
     assert max(gaps) < 1.8, "a tick was skipped"

@@ -16,7 +16,9 @@ class Cron(models.Model):
     interval_seconds = fields.Integer(required=True)
     user_id = fields.Many2one("res.users", required=True, ondelete="restrict", default=1)
     active = fields.Boolean(default=True)
-    nextcall = fields.Datetime(required=True, index=True, default=lambda self: fields.Datetime.now())
+    nextcall = fields.Datetime(
+        required=True, index=True, default=lambda self: fields.Datetime.now()
+    )
     lastcall = fields.Datetime()
     last_success_at = fields.Datetime()
     last_duration = fields.Float(help="Seconds")
