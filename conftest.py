@@ -53,3 +53,14 @@ def make_registry(db_url):
     yield make
     for registry in registries:
         registry.close()
+
+
+@pytest.fixture
+def env(registry):
+    """A superuser environment on the test directory's ``registry`` fixture; its transaction
+    is rolled back after the test."""
+    from core import Environment
+
+    cr = registry.cursor()
+    yield Environment(cr)
+    cr.close()

@@ -13,14 +13,3 @@ TEST_ADDONS = Path(__file__).parent / "addons"
 def registry(make_registry):
     """A registry with the ORM test models, on a fresh database (SQLite and PostgreSQL)."""
     return make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"])
-
-
-@pytest.fixture
-def env(registry):
-    """A superuser environment; its transaction is rolled back after the test."""
-    cr = registry.cursor()
-    from core import Environment
-
-    yield Environment(cr)
-    cr.rollback()
-    cr.close()

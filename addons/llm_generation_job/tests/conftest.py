@@ -9,21 +9,11 @@ from addons.llm_thread.tests.conftest import (  # noqa: F401  (fixtures)
     make_simulator,
     openai_server,
 )
-from core import Environment
 
 
 @pytest.fixture
 def registry(make_registry):
     return make_registry(addons=["llm_generation_job"])
-
-
-@pytest.fixture
-def env(registry):
-    """A superuser environment whose transaction is rolled back after the test."""
-    cr = registry.cursor()
-    yield Environment(cr)
-    cr.rollback()
-    cr.close()
 
 
 def make_provider(env, api_base="http://127.0.0.1:9/v1", name="sim", service="openai"):
