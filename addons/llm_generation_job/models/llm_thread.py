@@ -28,6 +28,7 @@ class LLMThread(models.Model):
         if use_queue is None:
             use_queue = bool(self.provider_id.get_generation_queue_info().get("supports_queue"))
         if not use_queue:
+            self._refuse_if_generating()
             yield from super().generate_response(user_message, **options)
             return
         job = self._queue_generation(user_message, options)
@@ -41,13 +42,7 @@ class LLMThread(models.Model):
     def _queue_generation(self, user_message, options):
         """Post the user message and queue a job for the reply (one transaction)."""
         self._lock_for_generation()
-        busy = self.env["llm.generation.job"].sudo().search(
-            [("thread_id", "=", self.id), ("state", "in", list(ACTIVE_STATES))], limit=1)
-        if busy:
-            raise UserError(
-                f"Thread '{self.name}' is already generating a response (job {busy.id} is "
-                f"{busy.state}); wait for it to finish or cancel it."
-            )
+        self._refuse_if_generating()
         input_message = self.message_post(body=user_message, llm_role="user") \
             if user_message else self.env["llm.message"]
         job = self.env["llm.generation.job"].create({
@@ -58,6 +53,16 @@ class LLMThread(models.Model):
         })
         job.action_queue()
         return job
+
+    def _refuse_if_generating(self):
+        """UserError while a job of this thread is queued or running."""
+        busy = self.env["llm.generation.job"].sudo().search(
+            [("thread_id", "=", self.id), ("state", "in", list(ACTIVE_STATES))], limit=1)
+        if busy:
+            raise UserError(
+                f"Thread '{self.name}' is already generating a response (job {busy.id} is "
+                f"{busy.state}); wait for it to finish or cancel it."
+            )
 
     def _lock_for_generation(self):
         """Serialise "is a job active? then queue one" per thread across processes: the

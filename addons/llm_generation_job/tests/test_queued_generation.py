@@ -71,6 +71,8 @@ def test_a_busy_thread_refuses_a_second_generation(registry, sim_thread):
         first.close()
         with pytest.raises(UserError, match="already generating a response"):
             next(thread.generate_response("second", use_queue=True))
+        with pytest.raises(UserError, match="already generating a response"):
+            next(thread.generate_response("direct", use_queue=False))
 
 
 def test_retryable_error_is_retried_after_retry_after(registry, runner, sim_thread,
