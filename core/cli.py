@@ -18,6 +18,7 @@ import click
 
 from . import addons as addon_loader
 from .config import database_url
+from .cron.cli import cron, worker
 from .exceptions import RegistryError, UserError
 
 
@@ -101,51 +102,8 @@ def user_create(
         click.echo(f"Created user {login} (id {new_user.id}).")
 
 
-@main.command()
-@click.pass_obj
-def worker(obj: CliContext):
-    """Run the background services of the installed addons until stopped."""
-    from .worker import run_worker
-
-    run_worker(obj.registry())
-
-
-@main.group()
-def cron():
-    """Scheduled actions (cron.yaml)."""
-
-
-@cron.command("list")
-@click.pass_obj
-def cron_list(obj: CliContext):
-    """Show every scheduled action with its schedule and last outcome."""
-    from .cron import cron_file, load_entries, sync_rows
-
-    registry = obj.registry()
-    sync_rows(registry, load_entries(cron_file(), registry))
-    with registry.environment(readonly=True) as env:
-        for job in env["ir.cron"].search([]):
-            state = "active" if job.active else "inactive"
-            last = f"failed {job.failure_count}x: {job.last_error}" if job.failure_count \
-                else f"ok at {job.last_success_at:%Y-%m-%d %H:%M:%S}" if job.last_success_at \
-                else "never ran"
-            click.echo(f"{job.name:<36} every {job.interval_seconds:>6}s  {state:<8} "
-                       f"next {job.nextcall:%Y-%m-%d %H:%M:%S}  {last}")
-
-
-@cron.command("run")
-@click.argument("name")
-@click.pass_obj
-def cron_run(obj: CliContext, name: str):
-    """Run one scheduled action now, whatever its schedule."""
-    from .cron import cron_file, load_entries, run_once, sync_rows
-
-    registry = obj.registry()
-    sync_rows(registry, load_entries(cron_file(), registry))
-    outcome = run_once(registry, name)
-    if not outcome.ok:
-        raise click.ClickException(f"{name} failed: {outcome.error}")
-    click.echo(f"{name}: done in {outcome.duration:.2f}s")
+main.add_command(worker)
+main.add_command(cron)
 
 
 def _mount_addon_commands() -> None:

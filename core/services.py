@@ -1,14 +1,16 @@
 """Long-running background work that addons run inside ``llmjobs worker``.
 
-An addon provides ``addons/<addon>/services.py`` with ``services(registry) -> list[Service]``;
-the worker starts every loaded addon's services and stops them on shutdown.
+An addon provides ``services.py`` (next to its ``__manifest__.py``) with a function
+``services(registry) -> list[Service]``; the worker starts the services of every loaded addon,
+in addon order, and stops them in reverse order when it shuts down.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Protocol
+
+from .exceptions import RegistryError
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -17,18 +19,26 @@ if TYPE_CHECKING:
 class Service(Protocol):
     name: str
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Start the work in background threads and return."""
 
     def stop(self, timeout: float) -> None:
-        """Finish (or hand back) the work in flight within ``timeout`` seconds, then stop."""
+        """Take no new work; finish (or hand back) the work in flight within ``timeout``
+        seconds, then return."""
 
 
 def load_services(registry: Registry) -> list[Service]:
-    """The services of every loaded addon, in addon order."""
+    """The services of every loaded addon that has a ``services.py``, in addon order."""
     found: list[Service] = []
-    for addon in registry.addons:
-        module_name = f"addons.{addon}.services"
-        if importlib.util.find_spec(module_name) is None:
+    for manifest in registry.manifests:
+        if not (manifest.path / "services.py").is_file():
             continue
-        found.extend(importlib.import_module(module_name).services(registry))
+        module = importlib.import_module(f"addons.{manifest.technical_name}.services")
+        factory = getattr(module, "services", None)
+        if not callable(factory):
+            raise RegistryError(
+                f"Addon '{manifest.technical_name}': {manifest.path / 'services.py'} must define "
+                "services(registry) returning a list of services."
+            )
+        found.extend(factory(registry))
     return found

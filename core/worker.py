@@ -1,35 +1,65 @@
-"""``llmjobs worker``: a foreground process running the crons of cron.yaml and the addons'
-services.
+"""``llmjobs worker``: a foreground process running the crons of the cron file and the addons'
+services until it is told to stop.
 
-SIGTERM or Ctrl-C stops it cleanly: each service finishes or hands back its work in flight
-(within ``STOP_TIMEOUT`` seconds), then the process exits 0.
+The cron file is checked before anything starts. The first SIGTERM or SIGINT (Ctrl-C) stops the
+worker cleanly: no new ticks or work are taken, each service finishes (or hands back) its work
+in flight within ``STOP_TIMEOUT`` seconds, and the process exits 0. A second signal exits at
+once with status 1; the transactions in flight are then rolled back by the database.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .cron import CronService
-from .registry import Registry
-from .services import load_services
+from .cron import CronScheduler, load_cron_file
+from .services import Service, load_services
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 _logger = logging.getLogger(__name__)
 STOP_TIMEOUT = 20.0
 
 
-def run_worker(registry: Registry) -> None:
+def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT; ``cron_file`` defaults to the project's cron.yaml."""
+    config = load_cron_file(registry, cron_file)
+    stop = _stop_on_signals()
+    addon_services = load_services(registry)
+    services: list[Service] = [CronScheduler(registry, config), *addon_services]
+    started: list[Service] = []
+    try:
+        for service in services:
+            service.start()
+            started.append(service)
+        _logger.warning(
+            "Worker %d running (crons: %s; services: %s); stop it with Ctrl-C or SIGTERM",
+            os.getpid(),
+            ", ".join(e.name for e in config.entries if e.active) or "none",
+            ", ".join(s.name for s in addon_services) or "none",
+        )
+        stop.wait()
+        _logger.warning("Stopping the worker (signal again to stop at once)...")
+    finally:
+        for service in reversed(started):
+            service.stop(STOP_TIMEOUT)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by the first SIGTERM/SIGINT; the second one exits the process."""
     stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            os.write(2, b"Second signal: exiting now; work in flight is rolled back.\n")
+            os._exit(1)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    services = [CronService(registry), *load_services(registry)]
-    for service in services:
-        service.start()
-        _logger.info("Started %s", service.name)
-    names = ", ".join(s.name for s in services) or "nothing to run"
-    _logger.warning("Worker running (%s); stop it with Ctrl-C or SIGTERM", names)
-    stop.wait()
-    _logger.warning("Stopping the worker...")
-    for service in reversed(services):
-        service.stop(STOP_TIMEOUT)
+        signal.signal(signum, handle)
+    return stop

@@ -1,6 +1,9 @@
-"""Scheduled actions: one row per entry of cron.yaml, with its schedule and its record."""
+"""Scheduled actions: one row per entry of cron.yaml (synced by each worker at start), with
+its schedule and how its last runs went. See core/cron for how ticks are claimed and run."""
 
-from core import fields, models
+from core import api, fields, models
+from core.cron.config import UNIT_SECONDS
+from core.exceptions import ValidationError
 
 
 class Cron(models.Model):
@@ -13,14 +16,28 @@ class Cron(models.Model):
     model_name = fields.Char(required=True)
     method = fields.Char(required=True)
     args = fields.Json(help="Keyword arguments of the method")
-    interval_seconds = fields.Integer(required=True)
-    user_id = fields.Many2one("res.users", required=True, ondelete="restrict", default=1)
+    interval_number = fields.Integer(required=True, default=1)
+    interval_type = fields.Selection(
+        [(unit, unit.capitalize()) for unit in UNIT_SECONDS], required=True, default="hours"
+    )
+    user_id = fields.Many2one(
+        "res.users", required=True, ondelete="restrict", default=1, help="Runs as this user"
+    )
     active = fields.Boolean(default=True)
     nextcall = fields.Datetime(
-        required=True, index=True, default=lambda self: fields.Datetime.now()
+        required=True,
+        index=True,
+        default=lambda self: fields.Datetime.now(),
+        help="When the next tick is due",
     )
-    lastcall = fields.Datetime()
+    lastcall = fields.Datetime(help="When the last tick started")
     last_success_at = fields.Datetime()
-    last_duration = fields.Float(help="Seconds")
-    failure_count = fields.Integer(default=0)
+    last_duration = fields.Float(help="Seconds the last run took")
+    failure_count = fields.Integer(default=0, help="Failures since the last success")
     last_error = fields.Text()
+
+    @api.constrains("interval_number")
+    def _check_interval_number(self):
+        for cron in self:
+            if cron.interval_number <= 0:
+                raise ValidationError(f"Cron '{cron.name}': the interval must be positive.")

@@ -1,0 +1,1 @@
+from . import cron_tick  # noqa: F401
