@@ -7,6 +7,17 @@ from pathlib import Path
 import pytest
 
 TEST_ADDONS = Path(__file__).parent / "addons"
+# A cron ticking every second and one failing every second (test_cron_addon).
+TICKING_CRONS = """\
+- name: ticker
+  model: test.cron.tick
+  method: record_tick
+  interval: 1 second
+- name: failing
+  model: test.cron.tick
+  method: fail
+  interval: 1 second
+"""
 
 
 @pytest.fixture

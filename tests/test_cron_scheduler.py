@@ -14,18 +14,8 @@ from core.cli import main
 from core.cron import CronScheduler, load_cron_file, run_due_tick, run_now, sync_rows
 from core.cron.ticks import next_call
 
-from .conftest import TEST_ADDONS
+from .conftest import TEST_ADDONS, TICKING_CRONS
 
-CRONS = """\
-- name: ticker
-  model: test.cron.tick
-  method: record_tick
-  interval: 1 second
-- name: failing
-  model: test.cron.tick
-  method: fail
-  interval: 1 second
-"""
 SECOND = dt.timedelta(seconds=1)
 
 
@@ -37,7 +27,7 @@ def cron_registry(make_registry):
 @pytest.fixture
 def cron_file(tmp_path):
     path = tmp_path / "cron.yaml"
-    path.write_text(CRONS)
+    path.write_text(TICKING_CRONS)
     return path
 
 

@@ -16,21 +16,11 @@ import pytest
 
 from core import Registry
 
-from .conftest import TEST_ADDONS
+from .conftest import TEST_ADDONS, TICKING_CRONS
 
 pytestmark = pytest.mark.slow
 
 LLMJOBS = shutil.which("llmjobs", path=str(Path(sys.executable).parent))
-CRONS = """\
-- name: ticker
-  model: test.cron.tick
-  method: record_tick
-  interval: 1 second
-- name: failing
-  model: test.cron.tick
-  method: fail
-  interval: 1 second
-"""
 
 
 def worker_env(db_url: str, cron_file: Path, **extra: str) -> dict[str, str]:
@@ -71,7 +61,7 @@ def tick_count(registry: Registry, label: str = "tick") -> int:
 def test_three_workers_run_each_tick_once(pg_url, tmp_path):
     registry = Registry(pg_url, addons_path=[TEST_ADDONS], addons=["test_cron_addon"])
     cron_file = tmp_path / "cron.yaml"
-    cron_file.write_text(CRONS)
+    cron_file.write_text(TICKING_CRONS)
     env = worker_env(pg_url, cron_file)
     workers = [subprocess.Popen([LLMJOBS, "worker"], env=env) for _ in range(3)]
     try:
@@ -98,7 +88,7 @@ def test_sigterm_stops_a_worker_and_its_services(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'worker.db'}"
     registry = Registry(db_url, addons_path=[TEST_ADDONS], addons=["test_cron_addon"])
     cron_file = tmp_path / "cron.yaml"
-    cron_file.write_text(CRONS)
+    cron_file.write_text(TICKING_CRONS)
     notes = tmp_path / "service.log"
     env = worker_env(db_url, cron_file, LLMJOBS_TEST_SERVICE_LOG=str(notes))
     worker = subprocess.Popen([LLMJOBS, "worker"], env=env)
@@ -118,7 +108,7 @@ def test_sigterm_stops_a_worker_and_its_services(tmp_path):
 
 def test_a_bad_cron_file_stops_the_start(tmp_path):
     cron_file = tmp_path / "cron.yaml"
-    cron_file.write_text(CRONS.replace("method: fail", "method: missing"))
+    cron_file.write_text(TICKING_CRONS.replace("method: fail", "method: missing"))
     env = worker_env(f"sqlite:///{tmp_path / 'bad.db'}", cron_file)
     result = subprocess.run(
         [LLMJOBS, "worker"], env=env, capture_output=True, text=True, timeout=60
