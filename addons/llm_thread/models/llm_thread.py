@@ -1,31 +1,33 @@
 """Conversation threads: messages, and generating the assistant's reply directly.
 
 ``generate_response(user_message=None, **options)`` is a generator of update dicts (shapes in
-``addons/llm_thread/updates.py``)::
+``addons/llm_thread/updates.py``). It commits the caller's transaction, then::
 
-    lock the thread        an atomic conditional UPDATE, committed: works across processes;
-                           the lock expires (LOCK_SECONDS, renewed while streaming) so a
-                           crashed process cannot block the thread forever
-    post the user message  committed; yields message_create
-    create the reply       empty, state "streaming"; committed; yields message_create
-    stream                 from the provider through a read-only cursor (no lock held while
-                           waiting for tokens); yields message_chunk per piece of text
-    complete the reply     text, usage, finish reason, state "done"; committed; yields
-                           message_update and done
-    unlock                 always, even when the consumer stops early
+    start   one transaction,   take the thread's generation lock, post the user message,
+            committed          build the conversation, create the empty reply (state
+                               "streaming")          -> message_create (user), message_create
+    stream  no transaction     provider.chat() through a read-only cursor; the lock's lease
+            held               renewed in its own short transaction every HEARTBEAT_SECONDS
+                                                     -> message_chunk per piece of text
+    end     one transaction,   the reply's final text and state (done, error, cancelled),
+            committed          usage and finish reason; the lock released
+                                                     -> message_update, then done or error
 
-The generator commits the caller's transaction at each of these steps, so that other
-processes see the conversation as it grows. A provider failure leaves the reply with its
-partial text, state "error" and the error; a consumer that stops iterating closes the HTTP
-stream and leaves the partial reply marked "cancelled".
+Nothing happens after the last update, so a consumer may stop reading at ``done``. A
+provider failure leaves the reply with its partial text, state "error" and the error (the
+last update is ``error``, with ``kind`` retryable or permanent); a consumer that stops
+earlier closes the HTTP stream and leaves the partial reply "cancelled". Do not write through
+the generator's environment while iterating: the generator commits it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,14 +35,28 @@ import sqlalchemy as sa
 from core import UserError, fields, models
 
 from .. import updates
+from ..reply import ReplyProgress
 from ..wire.errors import ProviderError
 from ..wire.events import Finish, TextDelta, Usage
 
 LOCK_SECONDS = 120
+HEARTBEAT_SECONDS = LOCK_SECONDS / 3
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class _Start:
+    """What the start transaction of a direct generation produced."""
+
+    lock_token: str
+    reply: ReplyProgress
+    provider_id: int
+    model: str | None
+    messages: list[dict[str, str]]
+    updates: list[dict[str, Any]]
 
 
 class LLMThread(models.Model):
@@ -49,8 +65,13 @@ class LLMThread(models.Model):
     _order = "write_date desc, id desc"
 
     name = fields.Char(required=True, default="New chat")
-    user_id = fields.Many2one("res.users", required=True, ondelete="cascade", index=True,
-                              default=lambda self: self.env.uid)
+    user_id = fields.Many2one(
+        "res.users",
+        required=True,
+        ondelete="cascade",
+        index=True,
+        default=lambda self: self.env.uid,
+    )
     provider_id = fields.Many2one("llm.provider", required=True, ondelete="restrict")
     model_id = fields.Many2one("llm.model", ondelete="set null")
     message_ids = fields.One2many("llm.message", "thread_id", string="Messages")
@@ -66,10 +87,15 @@ class LLMThread(models.Model):
         self.ensure_one()
         if author_id is None and llm_role == "user":
             author_id = self.env.uid
-        return self.env["llm.message"].create({
-            "thread_id": self.id, "body": body or "", "llm_role": llm_role,
-            "author_id": author_id or False, **extra,
-        })
+        return self.env["llm.message"].create(
+            {
+                "thread_id": self.id,
+                "body": body or "",
+                "llm_role": llm_role,
+                "author_id": author_id or False,
+                **extra,
+            }
+        )
 
     def _conversation(self, until=None) -> list[dict[str, str]]:
         """The messages to send: the system prompt, then the finished messages in order (up
@@ -78,8 +104,7 @@ class LLMThread(models.Model):
         domain = [("thread_id", "=", self.id), ("state", "=", "done")]
         if until:
             domain.append(("id", "<=", until.id))
-        messages = [{"role": "system", "content": self.system_prompt}] \
-            if self.system_prompt else []
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         for message in self.env["llm.message"].sudo().search(domain, order="id"):
             if message.body:
                 messages.append({"role": message.llm_role, "content": message.body})
@@ -87,114 +112,181 @@ class LLMThread(models.Model):
 
     # -- direct generation -----------------------------------------------------------------
     def generate_response(self, user_message=None, **options) -> Iterator[dict[str, Any]]:
-        """Stream the assistant's reply from the provider (see the module docstring)."""
+        """Stream the assistant's reply from the provider (see the module docstring).
+        ``options`` go to the provider's request (temperature, max_tokens...)."""
         self.ensure_one()
-        token = self._acquire_generation_lock()
+        self.check_access("write")
+        start = self._start_generation(user_message)
+        reply = start.reply
         try:
-            yield from self._generate_direct(user_message, options, token)
+            yield from start.updates
+            yield from self._stream_assistant_reply(
+                reply,
+                provider_id=start.provider_id,
+                model=start.model,
+                messages=start.messages,
+                options=options,
+                heartbeat=functools.partial(self._renew_generation_lock, start.lock_token),
+            )
+        except GeneratorExit:
+            reply.cancel("The consumer stopped listening.")
+            raise
+        except BaseException as error:
+            reply.fail(f"The generation failed unexpectedly ({type(error).__name__}).", "permanent")
+            raise
         finally:
-            self._release_generation_lock(token)
+            final = self._end_generation(start.lock_token, reply)
+        yield from final
 
-    def _generate_direct(self, user_message, options, token) -> Iterator[dict[str, Any]]:
+    def _start_generation(self, user_message: str | None) -> _Start:
+        """The start transaction: lock, user message, conversation, empty reply; committed."""
         cr = self.env.cr
-        # Payloads are built before each commit: a read after it would start a transaction
-        # that stays open (on SQLite: holding the write lock) while the consumer holds us.
-        if user_message:
-            posted = updates.message_payload(self.message_post(body=user_message,
-                                                               llm_role="user"))
-            cr.commit()
-            yield updates.message_create(posted)
-        conversation = self._conversation()
-        reply = self.message_post(body="", llm_role="assistant", state="streaming")
-        reply_id, provider_id, model = reply.id, self.provider_id.id, self.model_id
-        model_name = model.sudo().name if model else None
-        payload = updates.message_payload(reply)
         cr.commit()
-        yield updates.message_create(payload)
-        text: list[str] = []
-        usage = finish = None
-        failure: ProviderError | None = None
-        finished = False
+        try:
+            lock_token = self._take_generation_lock()
+            created = []
+            if user_message:
+                posted = self.message_post(body=user_message, llm_role="user")
+                created.append(updates.message_create(updates.message_payload(posted)))
+            messages = self._conversation()
+            message = self.message_post(body="", llm_role="assistant", state="streaming")
+            payload = updates.message_payload(message)
+            created.append(updates.message_create(payload))
+            model = self.model_id
+            start = _Start(
+                lock_token=lock_token,
+                reply=ReplyProgress(message.id, payload),
+                provider_id=self.provider_id.id,
+                model=model.sudo().name if model else None,
+                messages=messages,
+                updates=created,
+            )
+        except BaseException:
+            cr.rollback()  # the lock too: a caller that commits later must not keep it
+            raise
+        cr.commit()
+        return start
+
+    def _stream_assistant_reply(
+        self,
+        reply: ReplyProgress,
+        *,
+        provider_id: int,
+        model: str | None,
+        messages: list[dict],
+        options: dict[str, Any],
+        heartbeat: Callable[[], None] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Stream the provider's answer to ``messages`` into ``reply``, yielding a
+        ``message_chunk`` update per piece of text.
+
+        Reads nothing through ``self.env`` (the caller's cursor holds no transaction while
+        the stream goes; on SQLite one would hold the write lock): the provider is read
+        through a read-only cursor. A ``ProviderError`` or a ``UserError`` (e.g. no chat
+        model) ends the stream and is recorded in ``reply``, its partial text kept.
+        ``heartbeat()`` is called every HEARTBEAT_SECONDS of streaming (renew a lease; raise
+        UserError to stop). Closing the generator closes the HTTP stream. Writes nothing:
+        the caller records ``reply.message_values()``.
+        """
+        chunk = updates.message_chunk
+        payload, parts = reply.payload, reply.parts
         try:
             with self.pool.environment(readonly=True) as reader:
                 provider = reader["llm.provider"].browse(provider_id)
-                stream = provider.chat(conversation, model=model_name, **options)
+                stream = provider.chat(messages, model=model, **options)
                 reader.cr.commit()  # no connection is held while waiting for tokens
                 try:
-                    renew_at = time.monotonic() + LOCK_SECONDS / 3
+                    beat_at = time.monotonic() + HEARTBEAT_SECONDS
                     for event in stream:
                         if isinstance(event, TextDelta):
-                            text.append(event.text)
-                            yield updates.message_chunk(payload, event.text)
+                            parts.append(event.text)
+                            yield chunk(payload, event.text)
                         elif isinstance(event, Usage):
-                            usage = event
+                            reply.usage = event
                         elif isinstance(event, Finish):
-                            finish = event
-                        if time.monotonic() > renew_at:
-                            self._renew_generation_lock(token)
-                            renew_at = time.monotonic() + LOCK_SECONDS / 3
+                            reply.finish = event
+                        if heartbeat is not None and time.monotonic() > beat_at:
+                            heartbeat()
+                            beat_at = time.monotonic() + HEARTBEAT_SECONDS
                 finally:
                     stream.close()
-            finished = True
         except ProviderError as error:
-            failure = error
-        finally:
-            reply = self.env["llm.message"].browse(reply_id)
-            values: dict[str, Any] = {"body": "".join(text)}
-            if failure is not None:
-                values.update(state="error", error=str(failure))
-            elif not finished:
-                values.update(state="cancelled", error="The consumer stopped listening.")
-            else:
-                values.update(
-                    state="done",
-                    prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-                    completion_tokens=(usage.completion_tokens or 0) if usage else 0,
-                    finish_reason=(finish.reason or False) if finish else False,
-                    provider_metadata=(finish.metadata or False) if finish else False,
-                )
-            reply.write(values)
-            payload = updates.message_payload(reply)
-            cr.commit()
-        yield updates.message_update(payload)
-        if failure is not None:
-            yield updates.error(str(failure), kind=failure.kind, message=payload)
+            reply.fail(str(error), error.kind)
+        except UserError as error:
+            reply.fail(str(error), "permanent")
         else:
-            yield updates.done(payload)
+            reply.complete()
+
+    def _end_generation(self, lock_token: str, reply: ReplyProgress) -> list[dict[str, Any]]:
+        """The end transaction: the reply's final values, the lock released; committed.
+        Returns the final updates."""
+        message = self.env["llm.message"].browse(reply.message_id)
+        try:
+            message.write(reply.message_values())
+            payload = updates.message_payload(message)
+        finally:
+            self._release_generation_lock(lock_token)
+            self.env.cr.commit()
+        return reply.final_updates(payload)
 
     # -- the cross-process generation lock ----------------------------------------------------
-    def _acquire_generation_lock(self) -> str:
-        """Take the thread's generation lock (committed at once) or raise UserError."""
+    # A lease on the thread's row: ``generation_lock_token`` claimed by an atomic conditional
+    # UPDATE (free, or expired) and committed, released by the holder, renewed while it
+    # streams. Not a row lock (SELECT FOR UPDATE) nor a PostgreSQL advisory lock: both live in
+    # a transaction or a session, which a generation does not keep open while it streams (on
+    # SQLite an open write transaction blocks every writer, and cursors give their
+    # connection back to the pool at each commit). The lease works the same on SQLite and
+    # PostgreSQL, across processes and machines, and a crashed process's lock expires after
+    # LOCK_SECONDS. On PostgreSQL a concurrent claimer waits for the first one's row lock
+    # until it commits, then re-evaluates the condition and finds the thread taken.
+    def _take_generation_lock(self) -> str:
+        """Claim the lock in the current transaction (the caller commits) or raise
+        UserError."""
         table, now = self._table_obj, _now()
         token = secrets.token_hex(12)
-        self.env.cr.commit()  # the lock must not wait for the caller's own writes
         taken = self.env.cr.execute(
-            sa.update(table).where(
+            sa.update(table)
+            .where(
                 table.c.id == self.id,
-                sa.or_(table.c.generation_lock_token.is_(None),
-                       table.c.generation_lock_until < now),
-            ).values(generation_lock_token=token,
-                     generation_lock_until=now + dt.timedelta(seconds=LOCK_SECONDS))
+                sa.or_(
+                    table.c.generation_lock_token.is_(None),
+                    table.c.generation_lock_until < now,
+                ),
+            )
+            .values(
+                generation_lock_token=token,
+                generation_lock_until=now + dt.timedelta(seconds=LOCK_SECONDS),
+            )
         ).rowcount
-        self.env.cr.commit()
         if not taken:
             raise UserError(
-                f"Thread '{self.name}' is already generating a response; wait for it to "
-                "finish."
+                f"Thread '{self.name}' is already generating a response; wait for it to finish."
             )
+        self.env.cache.invalidate(ids=self._ids)
         return token
 
     def _renew_generation_lock(self, token: str) -> None:
+        """Extend the lease in a transaction of its own; UserError when it was lost (it
+        expired and another generation took the thread)."""
         table = self._table_obj
         with self.pool.environment() as env:
-            env.cr.execute(sa.update(table).where(
-                table.c.id == self.id, table.c.generation_lock_token == token,
-            ).values(generation_lock_until=_now() + dt.timedelta(seconds=LOCK_SECONDS)))
+            renewed = env.cr.execute(
+                sa.update(table)
+                .where(table.c.id == self.id, table.c.generation_lock_token == token)
+                .values(generation_lock_until=_now() + dt.timedelta(seconds=LOCK_SECONDS))
+            ).rowcount
+        if not renewed:
+            raise UserError(
+                f"Thread {self.id} lost its generation lock (it expired after {LOCK_SECONDS}s "
+                "without renewal and another generation took it)."
+            )
 
     def _release_generation_lock(self, token: str) -> None:
+        """Release the lock in the current transaction (the caller commits)."""
         table = self._table_obj
-        self.env.cr.execute(sa.update(table).where(
-            table.c.id == self.id, table.c.generation_lock_token == token,
-        ).values(generation_lock_token=None, generation_lock_until=None))
-        self.env.cr.commit()
+        self.env.cr.execute(
+            sa.update(table)
+            .where(table.c.id == self.id, table.c.generation_lock_token == token)
+            .values(generation_lock_token=None, generation_lock_until=None)
+        )
         self.env.cache.invalidate(ids=self._ids)

@@ -64,3 +64,35 @@ def anthropic_server(_shared_simulators):
 @pytest.fixture
 def ollama_server(_shared_simulators):
     yield from _shared_simulator(_shared_simulators, "ollama")
+
+
+# -- models on the test database -------------------------------------------------------------
+@pytest.fixture
+def registry(make_registry):
+    """The llm_thread addon on the test database (SQLite and PostgreSQL)."""
+    return make_registry(addons=["llm_thread"])
+
+
+@pytest.fixture
+def make_thread(registry):
+    """``make_thread(server, **thread_values)``: a provider pointed at the simulator (API key
+    ``sk-secret-123`` unless given), its default model ``sim-model`` and a thread; returns
+    the thread's id."""
+
+    def make(server, api_key="sk-secret-123", **thread_values) -> int:
+        with registry.environment() as env:
+            provider = env["llm.provider"].create(
+                {
+                    "name": f"sim-{server.protocol}",
+                    "service": server.protocol,
+                    "api_base": server.url,
+                    "api_key": api_key,
+                }
+            )
+            model = env["llm.model"].create(
+                {"name": "sim-model", "provider_id": provider.id, "default": True}
+            )
+            values = {"name": "Chat", "provider_id": provider.id, "model_id": model.id}
+            return env["llm.thread"].create({**values, **thread_values}).id
+
+    return make

@@ -1,35 +1,11 @@
 """Direct generation: thread.generate_response() against the loopback simulators."""
 
-import logging
-
 import pytest
 
 from addons.llm_thread.simulator import reply_text
 from core import UserError
 
 PROTOCOLS = ["openai", "anthropic", "ollama"]
-
-
-@pytest.fixture
-def registry(make_registry):
-    return make_registry(addons=["llm_thread"])
-
-
-@pytest.fixture
-def make_thread(registry):
-    def make(server, api_key="sk-secret-123", **thread_values):
-        with registry.environment() as env:
-            provider = env["llm.provider"].create({
-                "name": f"sim-{server.protocol}", "service": server.protocol,
-                "api_base": server.url, "api_key": api_key,
-            })
-            model = env["llm.model"].create(
-                {"name": "sim-model", "provider_id": provider.id, "default": True})
-            return env["llm.thread"].create({
-                "name": "Chat", "provider_id": provider.id, "model_id": model.id,
-                **thread_values,
-            }).id
-    return make
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -57,11 +33,15 @@ def test_history_and_system_prompt_are_sent(registry, make_thread, openai_server
         list(thread.generate_response("first"))
         list(thread.generate_response("second"))
         assert [m["role"] for m in thread._conversation()] == [
-            "system", "user", "assistant", "user", "assistant"]
+            "system",
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+        ]
 
 
-def test_cut_stream_keeps_partial_text_marked_with_the_error(registry, make_thread,
-                                                             openai_server):
+def test_cut_stream_keeps_partial_text_marked_with_the_error(registry, make_thread, openai_server):
     thread_id = make_thread(openai_server)
     with registry.environment() as env:
         thread = env["llm.thread"].browse(thread_id)
@@ -73,12 +53,15 @@ def test_cut_stream_keeps_partial_text_marked_with_the_error(registry, make_thre
         assert len(reply.body.split()) == 5
 
 
-@pytest.mark.parametrize(("directive", "kind"), [
-    ("[sim:status=429 retry_after=3]", "retryable"),
-    ("[sim:status=500]", "retryable"),
-    ("[sim:status=400]", "permanent"),
-    ("[sim:status=401]", "permanent"),
-])
+@pytest.mark.parametrize(
+    ("directive", "kind"),
+    [
+        ("[sim:status=429 retry_after=3]", "retryable"),
+        ("[sim:status=500]", "retryable"),
+        ("[sim:status=400]", "permanent"),
+        ("[sim:status=401]", "permanent"),
+    ],
+)
 def test_provider_errors_are_classified(registry, make_thread, openai_server, directive, kind):
     thread_id = make_thread(openai_server)
     with registry.environment() as env:
@@ -90,8 +73,11 @@ def test_provider_errors_are_classified(registry, make_thread, openai_server, di
 def test_stopping_early_closes_the_http_stream(registry, make_thread, openai_server):
     thread_id = make_thread(openai_server)
     with registry.environment() as env:
-        stream = env["llm.thread"].browse(thread_id).generate_response(
-            "[sim:tokens=500 token_delay=0.01] long")
+        stream = (
+            env["llm.thread"]
+            .browse(thread_id)
+            .generate_response("[sim:tokens=500 token_delay=0.01] long")
+        )
         for update in stream:
             if update["type"] == "message_chunk":
                 break
@@ -113,12 +99,12 @@ def test_two_generations_at_once_are_refused(registry, make_thread, openai_serve
         ):
             next(other["llm.thread"].browse(thread_id).generate_response("b"))
         first.close()
-        assert list(env["llm.thread"].browse(thread_id).generate_response("c"))[-1][
-            "type"] == "done"
+        assert (
+            list(env["llm.thread"].browse(thread_id).generate_response("c"))[-1]["type"] == "done"
+        )
 
 
-def test_missing_service_method_names_service_and_method(registry, make_thread,
-                                                         openai_server):
+def test_missing_service_method_names_service_and_method(registry, make_thread, openai_server):
     thread_id = make_thread(openai_server)
     with registry.environment() as env:
         provider = env["llm.thread"].browse(thread_id).provider_id
@@ -135,17 +121,94 @@ def test_list_models_creates_and_updates_models(registry, make_thread, openai_se
         assert len(provider.list_models()) == len(found)  # no duplicates on a second run
 
 
-def test_api_key_never_leaks(registry, make_thread, make_simulator, caplog):
-    server = make_simulator("openai", api_key="the-right-key")
-    thread_id = make_thread(server, api_key="sk-leaky-secret-987")
-    caplog.set_level(logging.DEBUG)
+def test_update_shapes(registry, make_thread, openai_server):
+    thread_id = make_thread(openai_server)
+    with registry.environment() as env:
+        updates = list(env["llm.thread"].browse(thread_id).generate_response("shapes"))
+    payload_keys = {
+        "id",
+        "thread_id",
+        "llm_role",
+        "body",
+        "state",
+        "error",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+    }
+    for update in updates:
+        assert set(update["message"]) == payload_keys
+    user, reply, *chunks, final, done = updates
+    assert user["type"] == "message_create" and user["message"]["llm_role"] == "user"
+    assert reply["type"] == "message_create" and reply["message"]["state"] == "streaming"
+    assert {c["type"] for c in chunks} == {"message_chunk"}
+    assert all(c["message"]["id"] == reply["message"]["id"] for c in chunks)
+    assert final["type"] == "message_update" and final["message"]["state"] == "done"
+    assert final["message"]["body"] == "".join(c["content"] for c in chunks)
+    assert done == {"type": "done", "message": final["message"]}
+
+
+def test_options_reach_the_provider(registry, make_thread, openai_server):
+    thread_id = make_thread(openai_server)
     with registry.environment() as env:
         thread = env["llm.thread"].browse(thread_id)
-        updates = list(thread.generate_response("hello"))
-        provider = thread.provider_id
-        texts = [repr(updates), repr(provider), str(provider.read()), caplog.text,
-                 str(provider.api_key), repr(provider.api_key)]
-        assert updates[-1]["type"] == "error" and "401" in updates[-1]["error"]
-        assert provider.api_key.get_secret_value() == "sk-leaky-secret-987"
-    for text in texts:
-        assert "sk-leaky-secret-987" not in text
+        assert list(thread.generate_response("short", max_tokens=3))[-1]["type"] == "done"
+        reply = thread.message_ids[-1]
+        assert (reply.completion_tokens, reply.finish_reason) == (3, "length")
+        assert len(reply.body.split()) == 3
+
+
+def test_without_a_user_message_the_history_is_answered(registry, make_thread, openai_server):
+    thread_id = make_thread(openai_server)
+    with registry.environment() as env:
+        thread = env["llm.thread"].browse(thread_id)
+        thread.message_post(body="posted earlier", llm_role="user")
+        updates = list(thread.generate_response())
+        assert [u["type"] for u in updates].count("message_create") == 1
+        assert updates[-1]["type"] == "done"
+        assert thread.message_ids.mapped("llm_role") == ["user", "assistant"]
+
+
+def test_stopping_at_done_leaves_the_thread_free(registry, make_thread, openai_server):
+    thread_id = make_thread(openai_server)
+    with registry.environment() as env:
+        first = env["llm.thread"].browse(thread_id).generate_response("one")
+        for update in first:
+            if update["type"] == "done":
+                break  # the generator is left suspended, not closed
+        second = list(env["llm.thread"].browse(thread_id).generate_response("two"))
+        assert second[-1]["type"] == "done"
+        first.close()
+
+
+def test_failed_replies_stay_out_of_the_next_conversation(registry, make_thread, openai_server):
+    thread_id = make_thread(openai_server)
+    with registry.environment() as env:
+        thread = env["llm.thread"].browse(thread_id)
+        assert list(thread.generate_response("[sim:status=500] a"))[-1]["type"] == "error"
+        assert list(thread.generate_response("b"))[-1]["type"] == "done"
+        assert [m["content"][:1] for m in thread._conversation()] == [
+            "[",
+            "b",
+            reply_text("b", 20)[:1],
+        ]
+        assert thread.message_ids.mapped("state") == ["done", "error", "done", "done"]
+
+
+def test_generation_commits_its_progress(registry, make_thread, openai_server):
+    """Another transaction sees the user message and the streaming reply while the
+    generator is suspended, and the generator holds no transaction meanwhile."""
+    thread_id = make_thread(openai_server)
+    with registry.environment() as env:
+        stream = env["llm.thread"].browse(thread_id).generate_response("[sim:tokens=50] hi")
+        for update in stream:
+            if update["type"] == "message_chunk":
+                break
+        assert env.cr._connection is None  # no transaction open across the yield
+        with registry.environment() as other:
+            seen = other["llm.message"].search([("thread_id", "=", thread_id)])
+            assert seen.mapped("state") == ["done", "streaming"]
+            assert other["llm.thread"].browse(thread_id).generation_lock_token
+        list(stream)
+        with registry.environment() as other:
+            assert other["llm.thread"].browse(thread_id).generation_lock_token is False
