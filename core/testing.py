@@ -27,7 +27,7 @@ def postgres_required() -> bool:
 
 
 def postgres_base_url() -> str | None:
-    return os.environ.get(PG_URL_VARIABLE)
+    return os.environ.get(PG_URL_VARIABLE) or None  # set but empty: not set
 
 
 @contextlib.contextmanager

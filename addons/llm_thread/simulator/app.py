@@ -23,7 +23,7 @@ from .dialect import Dialect, Generation, default_message
 from .ollama_api import OllamaDialect
 from .openai_api import OpenAIDialect
 from .scenario import Scenario
-from .stats import COMPLETED, FAULT, REQUESTS, Outcome, Stats
+from .stats import COMPLETED, FAULT, Outcome, Stats
 
 DIALECTS: dict[str, Dialect] = {
     dialect.name: dialect for dialect in (OpenAIDialect(), AnthropicDialect(), OllamaDialect())
@@ -75,7 +75,7 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
         return JSONResponse(dialect.unauthorized(given), status_code=401)
 
     async def chat(request: Request) -> Response:
-        state.stats.count(REQUESTS)
+        state.stats.request(tuple(request.client) if request.client else None)
         refused = refusal(request)
         if refused is not None:
             return refused

@@ -23,6 +23,8 @@ class Outcome:
 
 class Stats:
     """``requests``: generation requests received (any outcome, including refusals);
+    ``connections``: the TCP connections they came on (a client that pools connections
+    sends many requests on one);
     ``in_flight`` / ``max_in_flight``: generations running now / at most at once since the
     last reset; ``completed``, ``disconnects`` (the client went away mid-generation) and
     ``faults`` (injected errors, cuts and malformed streams)."""
@@ -31,14 +33,23 @@ class Stats:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._counts = self._zeros()
+        self._peers: set[tuple[str, int]] = set()
 
     def _zeros(self) -> dict[str, int]:
-        return {REQUESTS: 0, "max_in_flight": self._in_flight, COMPLETED: 0, DISCONNECT: 0,
-                FAULT: 0}
+        return {REQUESTS: 0, "connections": 0, "max_in_flight": self._in_flight, COMPLETED: 0,
+                DISCONNECT: 0, FAULT: 0}
 
     def count(self, counter: str) -> None:
         with self._lock:
             self._counts[counter] += 1
+
+    def request(self, peer: tuple[str, int] | None) -> None:
+        """Count a generation request from ``peer`` (the client's address and port)."""
+        with self._lock:
+            self._counts[REQUESTS] += 1
+            if peer is not None and peer not in self._peers:
+                self._peers.add(peer)
+                self._counts["connections"] += 1
 
     @contextmanager
     def generation(self, outcome: Outcome) -> Iterator[Outcome]:
@@ -61,3 +72,4 @@ class Stats:
         """Zero the counters; generations still running stay in flight."""
         with self._lock:
             self._counts = self._zeros()
+            self._peers.clear()

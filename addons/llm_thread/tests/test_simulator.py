@@ -271,8 +271,8 @@ def test_stats_over_http(ollama_server):
     root = ollama_server.root_url
 
     assert httpx.get(root + "/_sim/stats").json() == {
-        "requests": 2, "in_flight": 0, "max_in_flight": 1, "completed": 2, "disconnects": 0,
-        "faults": 0}
+        "requests": 2, "connections": 2, "in_flight": 0, "max_in_flight": 1, "completed": 2,
+        "disconnects": 0, "faults": 0}
     assert httpx.post(root + "/_sim/reset").json()["requests"] == 0
     assert ollama_server.stats()["completed"] == 0
 

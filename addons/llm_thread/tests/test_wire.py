@@ -68,6 +68,16 @@ def test_stream_yields_the_deterministic_reply_then_usage_and_finish(server, cli
     assert server.wait_idle()["completed"] == 1
 
 
+def test_streams_read_to_the_end_so_the_connection_is_reused(server, client):
+    """Stopping at the terminal event would leave the body unread and the pooled connection
+    dropped: a new TCP (and, for a real provider, TLS) handshake per reply."""
+    for _ in range(3):
+        assert isinstance(list(stream(server, client, "Again"))[-1], Finish)
+
+    stats = server.wait_idle()
+    assert (stats["requests"], stats["connections"], stats["completed"]) == (3, 1, 3)
+
+
 def test_max_tokens_truncates_with_the_protocols_length_reason(server, client, protocol):
     events = list(stream(server, client, "Count", options={"max_tokens": 5}))
 

@@ -76,7 +76,8 @@ def _events(response: httpx.Response, provider: str, api_key: str | None,
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     metadata: dict[str, Any] = {}
-    for event in transport.sse_events(response, provider=provider, api_key=api_key):
+    events = transport.sse_events(response, provider=provider, api_key=api_key)
+    for event in events:
         if event.event == "ping":
             continue
         data = transport.decode_object(event.data, provider=provider, api_key=api_key)
@@ -103,5 +104,6 @@ def _events(response: httpx.Response, provider: str, api_key: str | None,
             break
     else:
         raise errors.incomplete(provider)
+    transport.read_to_the_end(events)
     yield Usage(prompt_tokens, completion_tokens)
     yield Finish(stop_reason, metadata)

@@ -53,7 +53,8 @@ def _auth(api_key: str | None) -> dict[str, str]:
 
 def _events(response: httpx.Response, provider: str, api_key: str | None,
             ) -> Iterator[StreamEvent]:
-    for line in response.iter_lines():
+    lines = response.iter_lines()
+    for line in lines:
         if not line.strip():
             continue
         data = transport.decode_object(line, provider=provider, api_key=api_key)
@@ -66,6 +67,7 @@ def _events(response: httpx.Response, provider: str, api_key: str | None,
             break
     else:
         raise errors.incomplete(provider)
+    transport.read_to_the_end(lines)
     yield Usage(data.get("prompt_eval_count"), data.get("eval_count"))
     yield Finish(data.get("done_reason"),
                  {key: data[key] for key in _FINAL_METADATA if data.get(key) is not None})

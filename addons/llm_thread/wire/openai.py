@@ -12,6 +12,8 @@ import httpx
 from . import errors, transport
 from .events import Finish, StreamEvent, TextDelta, Usage
 
+_METADATA = ("id", "model", "system_fingerprint")
+
 
 def stream_chat(client: httpx.Client, *, provider: str, api_base: str, api_key: str | None,
                 model: str, messages: list[dict[str, Any]], options: dict[str, Any] | None = None,
@@ -43,14 +45,15 @@ def _events(response: httpx.Response, provider: str, api_key: str | None,
     finish_reason: str | None = None
     usage: Usage | None = None
     metadata: dict[str, Any] = {}
-    for event in transport.sse_events(response, provider=provider, api_key=api_key):
+    events = transport.sse_events(response, provider=provider, api_key=api_key)
+    for event in events:
         if event.data == "[DONE]":
             break
         chunk = transport.decode_object(event.data, provider=provider, api_key=api_key)
-        if chunk.get("error"):
+        if "error" in chunk:
             raise errors.from_stream_error(provider, chunk["error"], api_key)
-        metadata.update({key: chunk[key] for key in ("id", "model", "system_fingerprint")
-                         if chunk.get(key)})
+        if len(metadata) < len(_METADATA):  # the same in every chunk: read until all seen
+            metadata.update({key: chunk[key] for key in _METADATA if chunk.get(key)})
         for choice in chunk.get("choices") or ():
             content = (choice.get("delta") or {}).get("content")
             if content:
@@ -61,6 +64,7 @@ def _events(response: httpx.Response, provider: str, api_key: str | None,
                           chunk["usage"].get("completion_tokens"))
     else:
         raise errors.incomplete(provider)
+    transport.read_to_the_end(events)
     if usage is not None:
         yield usage
     yield Finish(finish_reason, metadata)

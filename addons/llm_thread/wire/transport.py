@@ -54,6 +54,18 @@ def sse_events(response: httpx.Response, *, provider: str, api_key: str | None,
         raise errors.malformed(provider, str(error), api_key) from error
 
 
+def read_to_the_end(rest: Iterator[Any]) -> None:
+    """Consume what follows a stream's terminal event (normally just the end of the body), as
+    the official SDKs do: a response closed unread drops its pooled connection, and the next
+    request pays a new TCP and TLS handshake. The reply is complete by then, so a failure
+    here only costs the connection."""
+    try:
+        for _ in rest:
+            pass
+    except (errors.ProviderError, httpx.HTTPError):
+        pass
+
+
 def decode_json(text: str, *, provider: str, api_key: str | None) -> Any:
     try:
         return json.loads(text)
