@@ -24,3 +24,9 @@ TICKING_CRONS = """\
 def registry(make_registry):
     """A registry with the ORM test models, on a fresh database (SQLite and PostgreSQL)."""
     return make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"])
+
+
+@pytest.fixture
+def cron_registry(make_registry):
+    """A registry with test_cron_addon (test.cron.tick), on a fresh database."""
+    return make_registry(addons_path=[TEST_ADDONS], addons=["test_cron_addon"])

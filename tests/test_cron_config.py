@@ -10,8 +10,6 @@ from core import Registry, RegistryError
 from core.cron import load_cron_file, sync_rows
 from core.cron.config import DEFAULT_FILE
 
-from .conftest import TEST_ADDONS
-
 GOOD = """\
 # comments are fine
 - name: ticker
@@ -28,11 +26,6 @@ GOOD = """\
   method: anything
   interval: 1 day
 """
-
-
-@pytest.fixture
-def cron_registry(make_registry):
-    return make_registry(addons_path=[TEST_ADDONS], addons=["test_cron_addon"])
 
 
 @pytest.fixture

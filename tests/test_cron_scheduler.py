@@ -20,11 +20,6 @@ SECOND = dt.timedelta(seconds=1)
 
 
 @pytest.fixture
-def cron_registry(make_registry):
-    return make_registry(addons_path=[TEST_ADDONS], addons=["test_cron_addon"])
-
-
-@pytest.fixture
 def cron_file(tmp_path):
     path = tmp_path / "cron.yaml"
     path.write_text(TICKING_CRONS)
