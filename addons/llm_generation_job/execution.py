@@ -24,9 +24,11 @@ expires and the next attempt reuses the same reply message, so a job never posts
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -50,14 +52,18 @@ JOB = "llm.generation.job"
 
 
 class AttemptControl:
-    """Lets another thread abort a running attempt: it closes the attempt's HTTP client,
-    which makes the blocked stream read fail at once."""
+    """Lets another thread abort a running attempt: it shuts down the socket of the attempt's
+    connection and closes its HTTP client. The shutdown wakes a read blocked in the socket at
+    once (a provider sending nothing while it thinks), which closing alone does not. The
+    socket is learnt from httpcore's ``trace`` extension as soon as the connection is made,
+    so an abort before the response's headers works too."""
 
     def __init__(self, lease: Lease):
         self.lease = lease
         self.aborted: str | None = None  # "fenced" (cancel or lease lost) or "shutdown"
         self.outcome: str | None = None
         self._client: httpx.Client | None = None
+        self._socket: socket.socket | None = None
         self._lock = threading.Lock()
 
     def attach(self, client: httpx.Client) -> None:
@@ -66,13 +72,41 @@ class AttemptControl:
             if self.aborted:
                 client.close()
 
+    def trace_request(self, request: httpx.Request) -> None:
+        """The attempt client's request hook: trace the connection the request goes on."""
+        request.extensions["trace"] = self._trace
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in _CONNECTED:
+            connected = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._socket = connected
+                if self.aborted:
+                    _shut_down(connected)
+
     def abort(self, reason: str) -> None:
         with self._lock:
             if self.aborted:
                 return
             self.aborted = reason
+            if self._socket is not None:
+                _shut_down(self._socket)
             if self._client is not None:
                 self._client.close()
+
+
+# httpcore trace events whose return value is the connection's (TCP, then TLS) stream.
+_CONNECTED = frozenset({"connection.connect_tcp.complete",
+                        "connection.connect_unix_socket.complete",
+                        "connection.start_tls.complete"})
+
+
+def _shut_down(connected: socket.socket) -> None:
+    """Shut the socket down both ways: a thread blocked reading it gets an error at once.
+    ``socket.socket.shutdown`` even for a TLS socket: ``SSLSocket.shutdown`` would also drop
+    the TLS state from under the reading thread."""
+    with contextlib.suppress(OSError):  # already closed
+        socket.socket.shutdown(connected, socket.SHUT_RDWR)
 
 
 class _Stopped(Exception):
@@ -154,7 +188,8 @@ def _stream(registry: Registry, request: dict[str, Any], reply: _Reply,
             control: AttemptControl) -> None:
     # A client per attempt, so that aborting it closes only this stream; they share one TLS
     # context (loading the CA bundle costs ~25 ms, more than a loopback generation).
-    with httpx.Client(timeout=request["timeout"], verify=_tls_context()) as client:
+    with httpx.Client(timeout=request["timeout"], verify=_tls_context(),
+                      event_hooks={"request": [control.trace_request]}) as client:
         control.attach(client)
         with registry.environment(readonly=True) as env:
             provider = env["llm.provider"].browse(request["provider_id"])

@@ -122,6 +122,28 @@ def test_cancel_a_queued_job(registry, sim_thread):
         assert job.state == "cancelled" and not job.output_message_id
 
 
+def test_cancel_does_not_wait_for_a_silent_provider(registry, runner, sim_thread,
+                                                   openai_server):
+    """A provider still thinking sends nothing: the worker's read is blocked in the socket, and
+    closing the client would not wake it. The cancel shuts the socket down instead."""
+    with registry.environment() as env:
+        thread = env["llm.thread"].browse(sim_thread)
+        stream = thread.generate_response("[sim:first_token_delay=60] think hard", use_queue=True)
+        for update in stream:
+            if update["type"] == "message_create" and update["message"]["llm_role"] == "assistant":
+                break
+        wait_for(lambda: openai_server.stats()["in_flight"] == 1)
+        job = thread.generation_job_ids
+        cancelled_at = time.monotonic()
+        job.action_cancel()
+        env.cr.commit()
+        rest = list(stream)
+        assert time.monotonic() - cancelled_at < 10  # not the provider's 60 s
+    assert rest[-1]["type"] == "cancelled"
+    assert job_state(registry, job.id) == "cancelled"
+    assert openai_server.wait_idle(timeout=5)["disconnects"] == 1
+
+
 def test_cancel_a_running_job_keeps_the_partial_reply(registry, runner, sim_thread,
                                                       openai_server):
     with registry.environment() as env:
