@@ -50,7 +50,7 @@ def _events(response: httpx.Response, provider: str, api_key: str | None,
         if event.data == "[DONE]":
             break
         chunk = transport.decode_object(event.data, provider=provider, api_key=api_key)
-        if "error" in chunk:
+        if chunk.get("error"):
             raise errors.from_stream_error(provider, chunk["error"], api_key)
         if len(metadata) < len(_METADATA):  # the same in every chunk: read until all seen
             metadata.update({key: chunk[key] for key in _METADATA if chunk.get(key)})
