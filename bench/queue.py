@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # not bench/: bench/queue.py would shadow the stdlib's queue
 
+from addons.llm_generation_job.follow import wait_finished  # noqa: E402
 from addons.llm_thread.simulator import SimulatorServer  # noqa: E402
 from core import Registry  # noqa: E402
 from core.testing import postgres_base_url, postgres_schema_url  # noqa: E402
@@ -59,18 +60,6 @@ def setup(registry: Registry, api_base: str, threads: int) -> tuple[int, list[in
         return provider.id, thread_ids
 
 
-def wait_done(registry: Registry, job_ids: list[int], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with registry.environment(readonly=True) as env:
-            left = env["llm.generation.job"].search_count(
-                [("id", "in", job_ids), ("state", "in", ["queued", "running"])])
-        if not left:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{left} jobs still unfinished after {timeout} s")
-
-
 def throughput(registry: Registry, thread_ids: list[int], jobs: int) -> float:
     with registry.environment() as env:
         created = env["llm.generation.job"].create([
@@ -81,7 +70,7 @@ def throughput(registry: Registry, thread_ids: list[int], jobs: int) -> float:
         for job in created:
             job.action_queue()
         job_ids = created.ids
-    wait_done(registry, job_ids)
+    wait_finished(registry, job_ids, timeout=300, poll=0.05)
     return jobs / (time.perf_counter() - start)
 
 
@@ -97,7 +86,7 @@ def latency(registry: Registry, thread_id: int, samples: int) -> list[float]:
                     break
         with registry.environment(readonly=True) as env:
             job_id = env["llm.thread"].browse(thread_id).generation_job_ids.ids
-        wait_done(registry, job_id)
+        wait_finished(registry, job_id, timeout=300, poll=0.05)
     return timings
 
 

@@ -7,9 +7,12 @@ streamed to the terminal, then a batch of jobs and the queue's statistics.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import click
+
+from .follow import wait_finished
 
 DEMO_PROVIDER = "demo-simulator"
 
@@ -97,16 +100,13 @@ def _run_batch(registry, provider_id: int, count: int) -> None:
             job.action_queue()
             job_ids.append(job.id)
     click.secho(f"\nQueued {count} more jobs; the queue runs at most 3 at once.", bold=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with registry.environment(readonly=True) as env:
-            jobs = env["llm.generation.job"].browse(job_ids)
-            states = jobs.mapped("state")
+
+    def show(states: list[str]) -> None:
         summary = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
         click.echo(f"\r  {summary:<60}", nl=False)
-        if all(s in ("completed", "failed", "cancelled") for s in states):
-            break
-        time.sleep(0.2)
+
+    with contextlib.suppress(TimeoutError):  # show the statistics anyway
+        wait_finished(registry, job_ids, timeout=120, on_poll=show)
     click.echo()
     with registry.environment(readonly=True) as env:
         queue = env["llm.generation.queue"].search([("provider_id", "=", provider_id)])

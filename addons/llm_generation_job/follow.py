@@ -18,12 +18,16 @@ the thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from addons.llm_thread import updates
 
 from .notify import PROGRESS, notifier_for
+
+if TYPE_CHECKING:
+    from core.registry import Registry
 
 POLL_INTERVAL = {"postgresql": 1.0, "sqlite": 0.2}
 STATUS_TEXT = {"running": "Generating the reply...", "queued": "Queued (position {position})"}
@@ -78,3 +82,23 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
             yield {"type": "cancelled", "job_id": job_id, "message": error or "Cancelled."}
             return
         notifier.wait(PROGRESS, job_id, since, poll)
+
+
+def wait_finished(registry: Registry, job_ids: list[int], *, timeout: float, poll: float = 0.2,
+                  on_poll: Callable[[list[str]], None] | None = None) -> None:
+    """Wait until none of the jobs is queued or running (TimeoutError after ``timeout``
+    seconds); ``on_poll(states)`` sees the jobs' states at each look."""
+    from .models.llm_generation_job import ACTIVE_STATES
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with registry.environment(readonly=True) as env:
+            states = env["llm.generation.job"].browse(job_ids).mapped("state")
+        if on_poll is not None:
+            on_poll(states)
+        unfinished = sum(state in ACTIVE_STATES for state in states)
+        if not unfinished:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{unfinished} job(s) still unfinished after {timeout} s")
+        time.sleep(poll)

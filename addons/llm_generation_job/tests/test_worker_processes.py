@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from addons.llm_generation_job.follow import wait_finished
 from core import Registry
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -75,18 +76,6 @@ def queue_jobs(registry, thread_ids, per_thread=1, prompt="question"):
         for job in jobs:
             job.action_queue()
         return jobs.ids
-
-
-def wait_finished(registry, job_ids, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with registry.environment(readonly=True) as env:
-            left = env["llm.generation.job"].search_count(
-                [("id", "in", job_ids), ("state", "in", ["queued", "running"])])
-        if not left:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{left} jobs unfinished after {timeout} s")
 
 
 def assert_one_reply_per_job(registry, job_ids):
