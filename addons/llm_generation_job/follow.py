@@ -93,10 +93,10 @@ def wait_finished(registry: Registry, job_ids: list[int], *, timeout: float, pol
     deadline = time.monotonic() + timeout
     while True:
         with registry.environment(readonly=True) as env:
-            states = env["llm.generation.job"].browse(job_ids).mapped("state")
-        if on_poll is not None:
-            on_poll(states)
-        unfinished = sum(state in ACTIVE_STATES for state in states)
+            jobs = env["llm.generation.job"]
+            unfinished = jobs.search_count([("id", "in", job_ids), ("state", "in", ACTIVE_STATES)])
+            if on_poll is not None:
+                on_poll(jobs.browse(job_ids).mapped("state"))
         if not unfinished:
             return
         if time.monotonic() >= deadline:
