@@ -13,6 +13,7 @@ from . import api, fields, models
 from .environment import SUPERUSER_ID, Environment
 from .exceptions import (
     AccessError,
+    DatabaseUnavailable,
     DomainError,
     MissingError,
     RegistryError,
@@ -26,6 +27,7 @@ __all__ = [
     "SUPERUSER_ID",
     "AccessError",
     "Command",
+    "DatabaseUnavailable",
     "DomainError",
     "Environment",
     "MissingError",

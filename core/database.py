@@ -13,14 +13,17 @@ workers committed.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from .exceptions import RegistryError
+from .exceptions import DatabaseUnavailable, RegistryError
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How long a SQLite transaction waits for another process's write lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = int(os.environ.get("LLMJOBS_SQLITE_BUSY_TIMEOUT_MS", "30000"))
 # Execution option of read-only cursors: on SQLite their transactions begin DEFERRED, so a
 # long reader (a stream consumer, a monitor) never holds the write lock.
 READONLY_OPTION = "llmjobs_readonly"
@@ -98,3 +101,52 @@ def _sqlite_engine(url, **options) -> Engine:
         connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
+
+
+# -- errors that mean "the database is away", not "the statement is wrong" -------------------
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
+def transient_reason(error: BaseException) -> str | None:
+    """Why ``error`` is a passing unavailability of the database, in a few words; None when
+    it is not one (a wrong statement, a constraint: retrying would fail the same way).
+
+    Passing: a lost, refused or reset connection; the connection pool exhausted; SQLite's
+    write lock held by another process past the busy timeout; on PostgreSQL any operational
+    error (server shutting down or restarting, deadlock, serialization failure, lock or
+    statement timeout).
+    """
+    if isinstance(error, DatabaseUnavailable):
+        return error.reason
+    if isinstance(error, sa.exc.TimeoutError):
+        return "all database connections are busy"
+    if not isinstance(error, sa.exc.DBAPIError):
+        return None
+    if error.connection_invalidated:
+        return "lost the database connection"
+    original = error.orig
+    if isinstance(original, sqlite3.Error):
+        busy = isinstance(original, sqlite3.OperationalError) and any(
+            text in str(original).lower() for text in _SQLITE_BUSY
+        )
+        return "the database is locked by another process" if busy else None
+    import psycopg
+
+    if isinstance(original, psycopg.errors.TransactionRollback):
+        return "a concurrent transaction conflicted"
+    if isinstance(original, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+        return "the database took too long to answer"
+    if isinstance(original, psycopg.OperationalError | psycopg.InterfaceError):
+        return "lost the database connection"
+    return None
+
+
+def raise_if_unavailable(error: BaseException) -> None:
+    """Raise ``DatabaseUnavailable`` (from ``error``) when ``error`` is a passing
+    unavailability (see ``transient_reason``); return otherwise, for the caller to re-raise
+    ``error`` itself."""
+    if isinstance(error, DatabaseUnavailable):
+        return
+    reason = transient_reason(error)
+    if reason is not None:
+        raise DatabaseUnavailable(reason) from error

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .database import raise_if_unavailable
 from .exceptions import RegistryError
 
 if TYPE_CHECKING:
@@ -126,7 +127,11 @@ class Cursor:
                     "This cursor is closed: its unit of work ended. Read records inside "
                     "their `with registry.environment()` block, or open a new one."
                 )
-            self._connection = self.registry.engine.connect()
+            try:
+                self._connection = self.registry.engine.connect()
+            except Exception as error:
+                raise_if_unavailable(error)
+                raise
             if self.readonly:
                 self._connection.execution_options(**{READONLY_OPTION: True})
         return self._connection
@@ -137,16 +142,31 @@ class Cursor:
         return self.registry.engine.dialect.name
 
     def execute(self, statement: Any, parameters: Any = None) -> Result:
-        return self.connection.execute(statement, parameters)
+        """Run a statement in the current transaction. A database that cannot be reached or
+        is too busy raises ``DatabaseUnavailable`` (the unit of work may be retried)."""
+        try:
+            return self.connection.execute(statement, parameters)
+        except Exception as error:
+            raise_if_unavailable(error)
+            raise
 
     def postcommit(self, hook: Callable[[], None]) -> None:
         if hook not in self._postcommit:
             self._postcommit.append(hook)
 
     def commit(self) -> None:
-        """Commit; the next statement starts a fresh transaction with an empty cache."""
+        """Commit; the next statement starts a fresh transaction with an empty cache.
+
+        When the connection fails during the commit, ``DatabaseUnavailable`` is raised and
+        whether the transaction committed is unknown: units of work that may be retried must
+        therefore be conditional (``write_where``), so that doing one twice is harmless."""
         if self._connection is not None:
-            self._connection.commit()
+            try:
+                self._connection.commit()
+            except Exception as error:
+                self._discard()
+                raise_if_unavailable(error)
+                raise
             self._release()
         self._reset()
         hooks, self._postcommit = self._postcommit, []
@@ -154,11 +174,21 @@ class Cursor:
             hook()
 
     def rollback(self) -> None:
-        if self._connection is not None:
-            self._connection.rollback()
-            self._release()
+        self._discard()
         self._reset()
         self._postcommit = []
+
+    def _discard(self) -> None:
+        """Roll the transaction back and give the connection back; a connection that broke
+        (the server went away) is invalidated instead, so the pool opens a new one."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.rollback()
+        except Exception:
+            connection.invalidate()
+        self._release()
 
     def _release(self) -> None:
         connection, self._connection = self._connection, None
@@ -172,21 +202,27 @@ class Cursor:
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """Undo everything done inside the block when it raises (cache included)."""
-        nested = self.connection.begin_nested()
+        try:
+            nested = self.connection.begin_nested()
+        except Exception as error:
+            raise_if_unavailable(error)
+            raise
         try:
             yield
         except BaseException:
             if nested.is_active:
-                nested.rollback()
+                with contextlib.suppress(Exception):  # a dead connection: the error raised
+                    nested.rollback()                 # in the block is what matters
             self.cache.clear()
             raise
-        else:
+        try:
             nested.commit()
+        except Exception as error:
+            raise_if_unavailable(error)
+            raise
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.rollback()
-        self._release()
+        self._discard()
         self._closed = True
 
 
@@ -238,6 +274,11 @@ class Environment(Mapping):
     @property
     def cache(self) -> Cache:
         return self.cr.cache
+
+    def invalidate_all(self) -> None:
+        """Forget every cached value of the transaction: the next reads see what other
+        transactions committed (on PostgreSQL, at READ COMMITTED)."""
+        self.cr.cache.clear()
 
     @property
     def user(self) -> BaseModel:

@@ -13,8 +13,13 @@ The hierarchy::
                               missing or cyclic dependency, bad model inheritance, unknown
                               model, a schema change that would destroy data
 
+    DatabaseUnavailable       the database could not be reached or was too busy to answer in
+                              time (connection lost or refused, pool exhausted, a lock waited
+                              for too long): the unit of work was rolled back and may be retried
+
 UserError and its children are meant to be shown to people; RegistryError is for the
-developer or operator starting the program.
+developer or operator starting the program; DatabaseUnavailable is back-pressure for the code
+doing the work, which waits and tries again.
 """
 
 from __future__ import annotations
@@ -49,3 +54,17 @@ class MissingError(UserError):
 
 class RegistryError(Exception):
     """Addons, models or the database schema cannot be set up as declared."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or was too busy to answer in time. The transaction
+    was rolled back: nothing of it is saved, and the same unit of work may be tried again.
+    The driver's error (which may quote SQL and its parameters) is the ``__cause__``, for the
+    server log only; the message is for people."""
+
+    def __init__(self, reason: str):
+        super().__init__(
+            f"The database is unavailable for the moment ({reason}); nothing was saved. "
+            "Try again shortly."
+        )
+        self.reason = reason

@@ -1,25 +1,32 @@
-"""Running one attempt of a job in a worker, with every write fenced by the attempt's lease.
+"""Running one attempt of a job in a worker; every write goes through the job store, fenced
+by the attempt's lease (see store.py).
 
 ::
 
-    start     (short transaction)  the lease still ours? call the provider's
+    start     (one transaction)    the lease still ours? call the provider's
                                    create_generation_job(job): an override with its own job
-                                   API returns the external id, which is recorded, and the
-                                   lease released (the status cron follows the job from
+                                   API returns the external id, which the store records,
+                                   releasing the lease (the status checks follow the job from
                                    there); the default streams here:
-    prepare                        build the conversation; create the reply message — or
-                                   reuse the one an earlier, dead attempt left — empty, state
-                                   "streaming"; commit; signal progress
-    stream    (no transaction held) provider.chat() through a read-only cursor; chunks are
-              flushed to the reply message — the first at once, then at most every
-              FLUSH_INTERVAL — each flush in a short transaction that first renews the lease
-              (a fenced UPDATE: it fails when the lease was taken over or a cancel requested)
-    finish    (one transaction)    fenced: job completed + reply done + attempt completed, or
-                                   failed (retry scheduled when retryable), or cancelled
-                                   (partial reply kept, marked cancelled)
+    prepare                        the store creates the reply message, or resets the one an
+                                   earlier attempt left, empty, state "streaming"; the
+                                   conversation is built; commit
+    stream    (no transaction held) provider.chat() through a read-only cursor; the text is
+              saved to the reply — the first piece at once, then at most every
+              FLUSH_INTERVAL — each save a short transaction that first renews the lease
+    finish    (one transaction)    job completed + reply done + attempt completed, or failed
+                                   (a retry scheduled when retryable), or cancelled (partial
+                                   reply kept, marked cancelled), or handed back
 
-If the worker dies anywhere in between, nothing is committed past the last flush; the lease
+If the worker dies anywhere in between, nothing is committed past the last save; the lease
 expires and the next attempt reuses the same reply message, so a job never posts two replies.
+
+When the database is unavailable (``DatabaseUnavailable``: connection lost, pool exhausted,
+SQLite locked past its busy timeout), the attempt waits it out: the stream goes on, its text
+kept in memory until a save gets through; the final write is retried with backoff for up to
+OUTAGE_PATIENCE seconds. An attempt that cannot go on (the database failed before its stream
+started, or while it read the provider's settings) hands its job back at once, not counted
+as a retry. A job never fails for the database's sake.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import certifi
@@ -39,16 +47,16 @@ import httpx
 
 from addons.llm_thread.wire.errors import ProviderError
 from addons.llm_thread.wire.events import Finish, TextDelta, Usage
-from core import UserError
+from core import DatabaseUnavailable, UserError
 from core.registry import Registry
 
-from .claim import Lease
-from .notify import PROGRESS, QUEUED, notifier_for
+from .store import JobStore, Lease
 
 _logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.05
-JOB = "llm.generation.job"
+OUTAGE_PATIENCE = 300.0  # seconds a final write waits for the database before giving up
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
 
 
 class AttemptControl:
@@ -119,57 +127,102 @@ _CURRENT: contextvars.ContextVar[AttemptControl | None] = contextvars.ContextVar
 
 def run_attempt(registry: Registry, lease: Lease, control: AttemptControl | None = None) -> str:
     """Run the attempt: the provider's ``create_generation_job`` either streams the reply
-    here (the default) or submits it to the provider's own job API and returns its id."""
+    here (the default) or submits it to the provider's own job API and returns its id.
+    Returns the outcome: completed, failed, cancelled, submitted, interrupted (handed back)
+    or lost (the lease went to someone else)."""
     control = control or AttemptControl(lease)
     token = _CURRENT.set(control)
     try:
-        with registry.environment() as env:
-            job = env[JOB].browse(lease.job_id)
-            if job.state != "running" or job.lease_token != lease.token:
-                return "lost"
-            try:
-                external_id = job.provider_id.create_generation_job(job)
-            except Exception as error:
-                job = env[JOB].browse(lease.job_id)
-                if not job._renew_lease(lease.token, allow_cancelled=True):
-                    return "lost"
-                job._fail_attempt(f"The provider refused the job: {error}",
-                                  retryable=getattr(error, "retryable", False),
-                                  retry_after=getattr(error, "retry_after", None))
-                return "failed"
-            if external_id is None:
-                return control.outcome or "completed"
-            env[JOB].browse(lease.job_id)._fenced_update(lease.token, {
-                "external_job_id": str(external_id), "lease_token": False,
-                "lease_expires_at": False,
-            })
-            return "submitted"
+        return _start(registry, lease, control)
+    except DatabaseUnavailable as error:
+        _logger.warning("Generation job %s could not start: %s; handing it back to its queue",
+                        lease.job_id, error.reason)
+        return hand_back(registry, control, f"The worker lost the database ({error.reason}).")
     finally:
         _CURRENT.reset(token)
 
 
+def _start(registry: Registry, lease: Lease, control: AttemptControl) -> str:
+    with registry.environment() as env:
+        store = JobStore(env)
+        if not store.holds(lease):
+            return "lost"
+        job = store.jobs.browse(lease.job_id)
+        try:
+            external_id = job.provider_id.create_generation_job(job)
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            env.cr.rollback()
+            message = f"The provider refused the job: {error}"
+            retryable = getattr(error, "retryable", False)
+            retry_after = getattr(error, "retry_after", None)
+            return persist(registry, control, lambda store: "failed" if store.fail(
+                lease, message, retryable=retryable, retry_after=retry_after) else "lost")
+        if external_id is None:
+            return control.outcome or "completed"
+        return "submitted" if store.submit_external(lease, str(external_id)) else "lost"
+
+
+def persist(registry: Registry, control: AttemptControl, unit: Callable[[JobStore], str]) -> str:
+    """``unit(store)`` in a transaction of its own, tried again with backoff while the
+    database is unavailable, for up to OUTAGE_PATIENCE seconds or until the worker shuts
+    down. Returns what ``unit`` returns, or "interrupted" when it gave up (the lease then
+    expires and the job is taken back)."""
+    delay, deadline, warned = _BACKOFF_FIRST, time.monotonic() + OUTAGE_PATIENCE, False
+    while True:
+        try:
+            with registry.environment() as env:
+                return unit(JobStore(env))
+        except DatabaseUnavailable as error:
+            if control.aborted == "shutdown" or time.monotonic() + delay > deadline:
+                _logger.warning("Generation job %s: %s; giving up: its lease will expire and "
+                                "the job will run again", control.lease.job_id, error.reason)
+                return "interrupted"
+            if not warned:
+                _logger.warning("Generation job %s: %s; trying again", control.lease.job_id,
+                                error.reason)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+
+def hand_back(registry: Registry, control: AttemptControl, reason: str) -> str:
+    """Give the job back to its queue at once (not counted as a retry)."""
+    lease = control.lease
+    return persist(registry, control,
+                   lambda store: "interrupted" if store.release(lease, reason) else "lost")
+
+
 def stream_job_in_worker(job) -> None:
-    """The default ``create_generation_job``: stream the reply from the provider, flushing it
-    to the reply message under the attempt's lease, and finish the job. Must run inside a
-    worker's attempt (``run_attempt``); commits ``job``'s transaction before streaming."""
+    """The default ``create_generation_job``: stream the reply from the provider, saving it
+    under the attempt's lease, and finish the job. Must run inside a worker's attempt
+    (``run_attempt``); commits ``job``'s transaction before streaming."""
     control = _CURRENT.get()
     if control is None or control.lease.job_id != job.id:
         raise UserError(
             f"Job {job.id} runs in a worker: queue it (action_queue) and start a worker "
             "(llmjobs worker), or start it with action_start()."
         )
-    lease, registry = control.lease, job.pool
-    request = job._prepare_generation(lease.token)
-    notifier_for(registry).send(job.env.cr, PROGRESS, job.id)
+    registry = job.pool
+    started = JobStore(job.env).start_reply(control.lease)
+    if started is None:
+        job.env.cr.rollback()
+        control.outcome = "lost"
+        return
+    request = _request(*started)
     job.env.cr.commit()  # nothing of the caller's transaction may stay open while streaming
-    reply = _Reply(registry, lease, request["message_id"])
+    reply = _Reply(registry, control)
     try:
         _stream(registry, request, reply, control)
     except _Stopped:
-        control.outcome = reply.stop(control.aborted)
+        control.outcome = reply.stop()
+    except DatabaseUnavailable as error:
+        control.outcome = hand_back(registry, control,
+                                    f"The worker lost the database ({error.reason}).")
     except (ProviderError, httpx.HTTPError, RuntimeError) as error:
         if control.aborted:  # we closed the connection ourselves (cancel, lease, shutdown)
-            control.outcome = reply.stop(control.aborted)
+            control.outcome = reply.stop()
         elif isinstance(error, ProviderError):
             control.outcome = reply.fail(str(error), retryable=error.retryable,
                                          retry_after=error.retry_after)
@@ -177,11 +230,29 @@ def stream_job_in_worker(job) -> None:
             control.outcome = reply.fail(
                 f"Connection to the provider failed: {type(error).__name__}", retryable=True)
     except Exception as error:
-        _logger.exception("Generation job %s failed unexpectedly", lease.job_id)
+        _logger.exception("Generation job %s failed unexpectedly", job.id)
         control.outcome = reply.fail(f"Unexpected error in the worker: {error}",
                                      retryable=False)
     else:
-        control.outcome = reply.stop(control.aborted) if control.aborted else reply.complete()
+        control.outcome = reply.stop() if control.aborted else reply.complete()
+
+
+def _request(job, reply) -> dict[str, Any]:
+    """What the stream needs: the provider, model, conversation, options, timeout."""
+    messages = job.thread_id._conversation(until=job.input_message_id)
+    inputs = job.generation_inputs or {}
+    if not job.input_message_id and inputs.get("prompt"):
+        # A job created with a prompt rather than a posted message (the contract's "Create a
+        # job" example): the prompt is the user's turn.
+        messages.append({"role": "user", "content": str(inputs["prompt"])})
+    return {
+        "provider_id": job.provider_id.id,
+        "model": job.model_id.name or None,
+        "messages": messages,
+        "options": dict(inputs.get("options") or {}),
+        "timeout": job.provider_id.timeout or None,
+        "message_id": reply.id,
+    }
 
 
 def _stream(registry: Registry, request: dict[str, Any], reply: _Reply,
@@ -216,18 +287,18 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class _Reply:
-    """The reply message as it grows, and the fenced transactions that record it."""
+    """The reply as it grows, and the store's transactions that record it."""
 
-    def __init__(self, registry: Registry, lease: Lease, message_id: int):
+    def __init__(self, registry: Registry, control: AttemptControl):
         self.registry = registry
-        self.lease = lease
-        self.message_id = message_id
-        self.notifier = notifier_for(registry)
+        self.control = control
+        self.lease = control.lease
         self.parts: list[str] = []
-        self.flushed = 0
-        self.last_flush = 0.0
+        self.saved = 0
+        self.last_save = 0.0
         self.usage: Usage | None = None
         self.finish: Finish | None = None
+        self._outage: str | None = None
 
     @property
     def text(self) -> str:
@@ -236,74 +307,56 @@ class _Reply:
     def add(self, text: str) -> None:
         self.parts.append(text)
         now = time.monotonic()
-        if self.flushed == 0 or now - self.last_flush >= FLUSH_INTERVAL:
-            self.flush()
-            self.last_flush = now
+        if self.saved == 0 or now - self.last_save >= FLUSH_INTERVAL:
+            self.save()
+            self.last_save = now
 
-    def flush(self) -> None:
-        """Save the text so far (and renew the lease), or raise _Stopped."""
-        with self.registry.environment() as env:
-            job = env[JOB].browse(self.lease.job_id)
-            if not job._renew_lease(self.lease.token):
-                raise _Stopped
-            env["llm.message"].browse(self.message_id).write({"body": self.text})
-            self.notifier.send(env.cr, PROGRESS, self.lease.job_id)
-        self.flushed = len(self.parts)
+    def save(self) -> None:
+        """Save the text so far (renewing the lease), or raise _Stopped. While the database
+        is unavailable the text stays here and the stream goes on: the next save sends it."""
+        try:
+            with self.registry.environment() as env:
+                held = JobStore(env).save_progress(self.lease, self.text)
+        except DatabaseUnavailable as error:
+            if self._outage is None:
+                _logger.warning("Generation job %s: %s; streaming on, saving the reply when "
+                                "the database is back", self.lease.job_id, error.reason)
+            self._outage = error.reason
+            return
+        if not held:
+            raise _Stopped
+        if self._outage is not None:
+            _logger.warning("Generation job %s: the database is back; reply saved",
+                            self.lease.job_id)
+            self._outage = None
+        self.saved = len(self.parts)
 
     def complete(self) -> str:
-        with self.registry.environment() as env:
-            job = env[JOB].browse(self.lease.job_id)
-            values = {"body": self.text, "state": "done"}
-            if self.usage is not None:
-                values.update(prompt_tokens=self.usage.prompt_tokens or 0,
-                              completion_tokens=self.usage.completion_tokens or 0)
-            if self.finish is not None:
-                values.update(finish_reason=self.finish.reason or False,
-                              provider_metadata=self.finish.metadata or False)
-            if not job._complete_attempt(self.lease.token, self.message_id, values):
-                env.cr.rollback()
-                return "lost"
-            self.notifier.send(env.cr, PROGRESS, self.lease.job_id)
-        return "completed"
+        values: dict[str, Any] = {"body": self.text, "state": "done"}
+        if self.usage is not None:
+            values.update(prompt_tokens=self.usage.prompt_tokens or 0,
+                          completion_tokens=self.usage.completion_tokens or 0)
+        if self.finish is not None:
+            values.update(finish_reason=self.finish.reason or False,
+                          provider_metadata=self.finish.metadata or False)
+        return persist(self.registry, self.control, lambda store: "completed"
+                       if store.complete(self.lease, values) else "lost")
 
     def fail(self, error: str, *, retryable: bool, retry_after: float | None = None) -> str:
-        with self.registry.environment() as env:
-            job = env[JOB].browse(self.lease.job_id)
-            if not job._renew_lease(self.lease.token, allow_cancelled=True):
-                return "lost"
-            env["llm.message"].browse(self.message_id).write(
-                {"body": self.text, "state": "error", "error": error})
-            job._fail_attempt(error, retryable=retryable, retry_after=retry_after)
-            self.notifier.send(env.cr, PROGRESS, self.lease.job_id)
-        return "failed"
+        return persist(self.registry, self.control, lambda store: "failed" if store.fail(
+            self.lease, error, retryable=retryable, retry_after=retry_after, text=self.text)
+            else "lost")
 
-    def stop(self, reason: str | None) -> str:
-        """The attempt was aborted: record a requested cancellation; for a lost lease or a
-        shutdown, leave the job to whoever owns it now."""
-        with self.registry.environment() as env:
-            job = env[JOB].browse(self.lease.job_id)
-            if job.state != "running" or job.lease_token != self.lease.token:
-                return "lost"
-            if job.cancel_requested:
-                env["llm.message"].browse(self.message_id).write({"body": self.text})
-                job._finish("cancelled", error="Cancelled while running.")
-                self.notifier.send(env.cr, PROGRESS, self.lease.job_id)
+    def stop(self) -> str:
+        """The attempt was aborted: record a requested cancellation; on a shutdown hand the
+        job back; a lost lease leaves the job to whoever owns it now."""
+        shutdown = self.control.aborted == "shutdown"
+
+        def stop(store: JobStore) -> str:
+            if store.finish_cancelled(self.lease, self.text):
                 return "cancelled"
-        return "lost" if reason != "shutdown" else "interrupted"
+            if shutdown and store.release(self.lease, "The worker shut down during the attempt."):
+                return "interrupted"
+            return "lost"
 
-
-def release_for_shutdown(registry: Registry, lease: Lease) -> None:
-    """Hand an interrupted job back to its queue at once (not counted as a retry)."""
-    with registry.environment() as env:
-        job = env[JOB].browse(lease.job_id)
-        released = job._fenced_update(lease.token, {
-            "state": "queued", "started_at": False, "lease_token": False,
-            "lease_expires_at": False,
-        }, allow_cancelled=True)
-        if released:
-            job.attempt_ids.filtered(lambda a: a.outcome == "running").write({
-                "outcome": "lost", "error_message": "The worker shut down during the attempt.",
-                "ended_at": job._fields["started_at"].now(),
-            })
-            notifier_for(registry).send(env.cr, QUEUED, job.provider_id.id)
-
+        return persist(self.registry, self.control, stop)

@@ -2,10 +2,14 @@
 the update dicts of direct generation (llm_thread's ``updates`` module), preceded by job
 status updates::
 
-    {'type': 'job_status', 'job_id': 7, 'state': 'queued', 'position': 2,
+    {'type': 'job_status', 'job_id': 7, 'state': 'queued', 'position': 2, 'workers': 1,
      'message': 'Queued (position 2)'}
     {'type': 'job_status', 'job_id': 7, 'state': 'running', 'message': 'Generating...'}
     ... then the reply's message_create / message_chunk / message_update / done, or error.
+
+While the job waits in a queue that no live worker serves, its status says so (``workers``
+is 0, the message names the command that starts one) and the follower keeps following: the
+job starts as soon as a worker does.
 
 Each look at the job is its own short read-only transaction, so the generator always sees
 what the worker committed and never holds a lock while it waits. It waits for the worker's
@@ -23,20 +27,23 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from addons.llm_thread import updates
+from core.notify import notifier_for
 
-from .notify import PROGRESS, notifier_for
+from .signals import CHANNELS, PROGRESS
 
 if TYPE_CHECKING:
     from core.registry import Registry
 
 POLL_INTERVAL = {"postgresql": 1.0, "sqlite": 0.2}
 STATUS_TEXT = {"running": "Generating the reply...", "queued": "Queued (position {position})"}
+NO_WORKER_TEXT = ("Queued (position {position}); no worker is running for this queue: start "
+                  "one with `llmjobs worker`")
 
 
 def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
     registry = env.registry
     notifier = notifier_for(registry)
-    notifier.listen()
+    notifier.listen(*CHANNELS)
     poll = POLL_INTERVAL.get(registry.dialect, 1.0)
     last_status: tuple | None = None
     sent = ""
@@ -47,15 +54,21 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
             job = watch["llm.generation.job"].browse(job_id)
             state = job.state
             position = job._queue_position() if state == "queued" else None
+            workers = watch["llm.generation.worker"].live_count(job.provider_id.id) \
+                if state == "queued" else None
             message = job.output_message_id
             message_data = updates.message_payload(message) if message else None
             body = message.body or "" if message else ""
             error = job.error_message or ""
             retry_at = job.next_retry_at
-        status = (state, position)
+        status = (state, position, bool(workers))
         if status != last_status and state in ("queued", "running"):
-            yield {"type": "job_status", "job_id": job_id, "state": state, "position": position,
-                   "message": STATUS_TEXT[state].format(position=position)}
+            text = NO_WORKER_TEXT if state == "queued" and not workers else STATUS_TEXT[state]
+            update = {"type": "job_status", "job_id": job_id, "state": state,
+                      "position": position, "message": text.format(position=position)}
+            if state == "queued":
+                update["workers"] = workers
+            yield update
             last_status = status
         if message_data and not announced:
             yield updates.message_create(message_data)
@@ -88,7 +101,7 @@ def wait_finished(registry: Registry, job_ids: list[int], *, timeout: float, pol
                   on_poll: Callable[[list[str]], None] | None = None) -> None:
     """Wait until none of the jobs is queued or running (TimeoutError after ``timeout``
     seconds); ``on_poll(states)`` sees the jobs' states at each look."""
-    from .models.llm_generation_job import ACTIVE_STATES
+    from .store import ACTIVE_STATES
 
     deadline = time.monotonic() + timeout
     while True:

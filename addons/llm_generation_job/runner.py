@@ -3,34 +3,42 @@
 ::
 
     dispatcher thread   wakes on "job queued" (NOTIFY / in-process signal) or every
-                        poll_interval; takes back expired leases and requeues due retries
-                        (cheap indexed queries), then claims jobs for its free slots, queue
-                        by queue (claim.py)
+                        poll_interval; takes back expired leases and requeues due retries,
+                        then claims jobs for its free slots, queue by queue (store.py)
     attempt threads     one per running job (at most `concurrency`): execution.run_attempt
-    heartbeat thread    every lease/3 seconds, and at once on "cancel" signals, renews the
-                        leases of the running attempts; an attempt whose renewal fails
-                        (cancel requested, lease taken over) is aborted: its HTTP stream is
-                        closed
+    heartbeat thread    every BEAT_SECONDS, and at once on "cancel" signals: renews the leases
+                        of the running attempts in one statement (an attempt whose lease was
+                        lost or whose cancellation was requested is aborted: its stream is
+                        closed) and beats the worker's row (llm.generation.worker)
 
-Stopping (SIGTERM): no new claims; running attempts get ``grace`` seconds to finish, then are
-aborted and their jobs handed back to the queue at once (not counted as a retry).
+Stopping (SIGTERM): the dispatcher ends first, so no claim is in flight; running attempts get
+``timeout`` seconds to finish, then are aborted and their jobs handed back to the queue at
+once (not counted as a retry); a lease handed to a stopping runner is handed back too. The
+worker's row then says it stopped. While the database is unavailable the threads log it once
+and try again; an attempt that crashes (a bug) fails retryably, so it neither holds its job
+until its lease expires nor loops forever.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from core import DatabaseUnavailable
+from core.notify import notifier_for
 from core.registry import Registry
 
-from .claim import LEASE_SECONDS, Lease, claim_jobs, renew, requeue_expired, worker_name
-from .execution import AttemptControl, release_for_shutdown, run_attempt
-from .notify import CANCEL, QUEUED, notifier_for
+from .execution import AttemptControl, hand_back, persist, run_attempt
+from .signals import CANCEL, CHANNELS, QUEUED
+from .store import LEASE_SECONDS, JobStore, Lease
 
 _logger = logging.getLogger(__name__)
 _ACTIVE: dict[int, JobRunner] = {}
+BEAT_SECONDS = min(2.0, LEASE_SECONDS / 3)
 
 
 def active_runner(registry: Registry) -> JobRunner | None:
@@ -38,46 +46,88 @@ def active_runner(registry: Registry) -> JobRunner | None:
     return _ACTIVE.get(id(registry))
 
 
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class JobRunner:
     name = "generation-jobs"
 
-    def __init__(self, registry: Registry, concurrency: int = 8, poll_interval: float = 2.0):
+    def __init__(self, registry: Registry, concurrency: int = 8, poll_interval: float = 2.0,
+                 queues: list[str] | None = None):
+        """``queues``: the names of the providers whose queues it serves (None: all)."""
         self.registry = registry
         self.concurrency = concurrency
         self.poll_interval = poll_interval
+        self.queues = queues
         self.worker = worker_name()
         self.notifier = notifier_for(registry)
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="llmjobs-attempt")
-        self._controls: dict[int, AttemptControl] = {}
+        self._controls: dict[Lease, AttemptControl] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._dispatcher: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._provider_ids: list[int] = []
+        self._worker_id: int | None = None
+        self._outage: dict[str, str] = {}  # thread -> reason, while the database is away
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.notifier.listen()
+        with self.registry.environment() as env:
+            self._provider_ids = self._resolve_queues(env)
+            self._worker_id = env["llm.generation.worker"].register(
+                self.concurrency, self._provider_ids, BEAT_SECONDS).id
+        self.notifier.listen(*CHANNELS)
         _ACTIVE[id(self.registry)] = self
-        for target, name in ((self._dispatch_loop, "llmjobs-dispatch"),
-                             (self._heartbeat_loop, "llmjobs-heartbeat")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="llmjobs-dispatch",
+                                            daemon=True)
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop,
+                                           name="llmjobs-heartbeat", daemon=True)
+        self._dispatcher.start()
+        self._heartbeat.start()
+
+    def _resolve_queues(self, env) -> list[int]:
+        if self.queues is None:
+            return []
+        providers = env["llm.provider"].search([("name", "in", list(self.queues))])
+        missing = sorted(set(self.queues) - set(providers.mapped("name")))
+        if missing:
+            from core import RegistryError
+
+            raise RegistryError(f"The worker's queues name unknown providers: "
+                                f"{', '.join(missing)} (LLMJOBS_WORKER_QUEUES).")
+        return providers.ids
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish or hand back the running attempts, then stop."""
-        self._stopping.set()
-        self.notifier._signal(QUEUED, "")  # wake the dispatcher and the heartbeat so they
-        self.notifier._signal(CANCEL, "")  # see the stop
+        with self._lock:  # no submit() after this: see submit()
+            self._stopping.set()
+        self.notifier.signal(QUEUED)  # wake the dispatcher and the heartbeat so they see
+        self.notifier.signal(CANCEL)  # the stop
         deadline = time.monotonic() + timeout
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=max(deadline - time.monotonic(), 0.1))
         while self._running() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for control in list(self._controls.values()):
+        with self._lock:
+            controls = list(self._controls.values())
+        for control in controls:
             control.abort("shutdown")
         self._executor.shutdown(wait=True)
-        for thread in self._threads:
-            thread.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
         _ACTIVE.pop(id(self.registry), None)
+        self._mark_stopped()
         self.notifier.close()
+
+    def _mark_stopped(self) -> None:
+        try:
+            with self.registry.environment() as env:
+                env["llm.generation.worker"].browse(self._worker_id).mark_stopped()
+        except DatabaseUnavailable as error:
+            _logger.warning("Could not record the worker's stop (%s); it will read as dead "
+                            "once its beats are missed", error.reason)
 
     # -- slots -------------------------------------------------------------------------------
     def _running(self) -> int:
@@ -88,22 +138,30 @@ class JobRunner:
         return 0 if self._stopping.is_set() else max(self.concurrency - self._running(), 0)
 
     def submit(self, lease: Lease) -> None:
+        """Run the attempt of ``lease`` on a free slot; a stopping runner hands it back."""
         control = AttemptControl(lease)
         with self._lock:
-            self._controls[lease.job_id] = control
-        self._executor.submit(self._run, control)
+            accepted = not self._stopping.is_set()
+            if accepted:
+                self._controls[lease] = control
+                self._executor.submit(self._run, control)
+        if not accepted:
+            hand_back(self.registry, control, "The worker was stopping when it claimed the job.")
 
     def _run(self, control: AttemptControl) -> None:
+        lease = control.lease
         try:
-            run_attempt(self.registry, control.lease, control)
-            if control.aborted == "shutdown":
-                release_for_shutdown(self.registry, control.lease)
-        except Exception:
-            _logger.exception("Attempt of generation job %s crashed", control.lease.job_id)
+            run_attempt(self.registry, lease, control)
+        except Exception as error:
+            _logger.exception("The attempt of generation job %s crashed", lease.job_id)
+            message = f"The worker's attempt crashed ({type(error).__name__}); see its log."
+            persist(self.registry, control,
+                    lambda store: "failed" if store.fail(lease, message, retryable=True)
+                    else "lost")
         finally:
             with self._lock:
-                self._controls.pop(control.lease.job_id, None)
-            self.notifier._signal(QUEUED, "")  # a slot is free: look for more work
+                self._controls.pop(lease, None)
+            self.notifier.signal(QUEUED)  # a slot is free: look for more work
 
     # -- dispatcher --------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -116,6 +174,10 @@ class JobRunner:
                     maintenance_due = time.monotonic() + min(LEASE_SECONDS / 3,
                                                              self.poll_interval)
                 self._claim()
+                self._database_back("dispatcher")
+            except DatabaseUnavailable as error:
+                self._database_away("dispatcher", error)
+                self._stopping.wait(1)
             except Exception:
                 _logger.exception("Claiming generation jobs failed; trying again shortly")
                 self._stopping.wait(1)
@@ -123,22 +185,24 @@ class JobRunner:
 
     def _maintenance(self) -> None:
         with self.registry.environment() as env:
-            requeue_expired(env)
+            JobStore(env).requeue_expired()
         with self.registry.environment() as env:
-            env["llm.generation.queue"]._auto_retry_failed_jobs()
+            JobStore(env).retry_due()
 
     def _claim(self) -> None:
         while self.free_slots():
             with self.registry.environment() as env:
-                providers = env["llm.generation.queue"].search([("enabled", "=", True)]).mapped(
-                    "provider_id").ids
+                domain = [("enabled", "=", True)]
+                if self._provider_ids:
+                    domain.append(("provider_id", "in", self._provider_ids))
+                providers = env["llm.generation.queue"].search(domain).mapped("provider_id").ids
             leases: list[Lease] = []
             for provider_id in providers:
                 free = self.free_slots() - len(leases)
                 if free <= 0:
                     break
                 with self.registry.environment() as env:
-                    leases += claim_jobs(env, provider_id, self.worker, limit=free)
+                    leases += JobStore(env).claim(provider_id, self.worker, limit=free)
             for lease in leases:
                 self.submit(lease)
             if not leases:
@@ -146,18 +210,35 @@ class JobRunner:
 
     # -- heartbeat ---------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        interval = max(LEASE_SECONDS / 3, 0.2)
         while not self._stopping.is_set():
             since = self.notifier.generation(CANCEL)
-            for control in list(self._controls.values()):
-                if control.aborted:
-                    continue
-                try:
-                    with self.registry.environment() as env:
-                        alive = renew(env, control.lease)
-                except Exception:
-                    _logger.exception("Renewing the lease of job %s failed", control.lease.job_id)
-                    continue
-                if not alive:
-                    control.abort("fenced")
-            self.notifier.wait(CANCEL, "", since, interval)
+            try:
+                self._beat()
+                self._database_back("heartbeat")
+            except DatabaseUnavailable as error:
+                self._database_away("heartbeat", error)
+            except Exception:
+                _logger.exception("The worker's heartbeat failed; trying again shortly")
+            self.notifier.wait(CANCEL, "", since, BEAT_SECONDS)
+
+    def _beat(self) -> None:
+        with self._lock:
+            controls = {lease: c for lease, c in self._controls.items() if not c.aborted}
+        with self.registry.environment() as env:
+            held = set(JobStore(env).renew(list(controls)))
+            env["llm.generation.worker"].browse(self._worker_id).beat(len(controls),
+                                                                      BEAT_SECONDS)
+        for lease, control in controls.items():
+            if lease not in held:
+                control.abort("fenced")
+
+    # -- outages -----------------------------------------------------------------------------
+    def _database_away(self, part: str, error: DatabaseUnavailable) -> None:
+        if part not in self._outage:
+            _logger.warning("The worker's %s cannot reach the database (%s); retrying",
+                            part, error.reason)
+        self._outage[part] = error.reason
+
+    def _database_back(self, part: str) -> None:
+        if self._outage.pop(part, None) is not None:
+            _logger.warning("The worker's %s reaches the database again", part)

@@ -2,33 +2,36 @@
 
 States and the transitions the ``action_*`` methods allow (anything else is a UserError)::
 
-    draft --action_queue--> queued --claim/action_start--> running --action_complete--> completed
+    draft --action_queue--> queued --claim/action_start--> running --(worker)--> completed
                              |   ^                          |   |
-                action_cancel|   | lease expired,           |   +--action_fail--> failed
-                             v   | retries left            |                      |
-                         cancelled <---action_cancel--------+     action_retry ---+ (-> queued)
+                action_cancel|   | lease expired,           |   +--(worker)--> failed --+
+                             v   | retries left             |        retry pending |   |
+                         cancelled <---action_cancel--------+-----<--action_cancel-+   |
+                                 ^                                    action_retry ----+
+                                 |                                      (-> queued)
 
-A running job belongs to one *attempt* (``llm.generation.job.attempt``) and carries that
-attempt's lease: a random token and an expiry the worker renews by heartbeat. Every write a
-worker makes on a running job — progress, completion, failure — is conditional on the token
-(``WHERE lease_token = :token``), so a worker whose lease was taken over (it stalled, the
-status cron requeued the job) can no longer change the job or post its reply: each job gets
-exactly one reply, whatever process dies when.
+Every change of state, lease, timings, counters and outcome goes through the job store
+(``store.py``), which fences each write of a worker by its attempt's lease: see there for what
+is guaranteed. This model declares the fields, checks who may create and change a job, and
+offers the actions:
+
+- a user creates jobs on threads they may write (the job runs on the thread's provider, with a
+  model of that provider), queues, cancels and retries their own jobs, and reads them;
+- ``max_retries`` and priorities above the default are managers' to set; starting, completing
+  or failing a job by hand is for managers;
+- the fields of ``store.STORE_FIELDS`` cannot be written by anyone: they follow the actions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
-from typing import Any
 
-import sqlalchemy as sa
+from core import AccessError, ValidationError, api, fields, models
+from core.notify import notifier_for
 
-from core import UserError, api, fields, models
-
-from .. import backoff
-from ..notify import CANCEL, PROGRESS, QUEUED, notifier_for
+from ..signals import CHANNELS, PROGRESS
+from ..store import ACTIVE_STATES, STORE_FIELDS, JobStore
 
 _logger = logging.getLogger(__name__)
 
@@ -40,8 +43,10 @@ STATES = [
     ("failed", "Failed"),
     ("cancelled", "Cancelled"),
 ]
-ACTIVE_STATES = ("queued", "running")
-FINISHED_STATES = ("completed", "failed", "cancelled")
+DEFAULT_PRIORITY = 0
+MANAGER_GROUP = "llm_thread.group_llm_manager"
+# Set when the job is created, never changed: a job belongs to its thread, provider and user.
+CREATE_ONLY_FIELDS = frozenset({"thread_id", "provider_id", "input_message_id", "user_id"})
 
 
 def _now() -> dt.datetime:
@@ -67,13 +72,13 @@ class GenerationJob(models.Model):
     output_message_id = fields.Many2one("llm.message", ondelete="set null")
     external_job_id = fields.Char(index=True, help="The provider's id for an asynchronous job")
     provider_data = fields.Json(help="Provider metadata (e.g. an external job's status)")
-    priority = fields.Integer(default=0, index=True, help="Higher runs first")
+    priority = fields.Integer(default=DEFAULT_PRIORITY, index=True, help="Higher runs first")
     retry_count = fields.Integer(default=0)
     max_retries = fields.Integer(default=3)
     next_retry_at = fields.Datetime(help="When a failed job will be retried automatically")
     error_message = fields.Text()
     error_kind = fields.Selection([("retryable", "Retryable"), ("permanent", "Permanent")])
-    queued_at = fields.Datetime(index=True)
+    queued_at = fields.Datetime(index=True, help="When it first entered the queue")
     started_at = fields.Datetime()
     completed_at = fields.Datetime(index=True)
     queue_duration = fields.Float(compute="_compute_durations", store=True, help="Seconds")
@@ -82,7 +87,7 @@ class GenerationJob(models.Model):
     can_retry = fields.Boolean(compute="_compute_flags")
     can_cancel = fields.Boolean(compute="_compute_flags")
     attempt_ids = fields.One2many("llm.generation.job.attempt", "job_id", string="Attempts")
-    # Lease of the running attempt (see the module docstring).
+    # The running attempt's lease (see store.py).
     lease_token = fields.Char(copy=False)
     lease_expires_at = fields.Datetime(index=True, copy=False)
     cancel_requested = fields.Boolean(copy=False)
@@ -105,57 +110,124 @@ class GenerationJob(models.Model):
         for job in self:
             job.is_active = job.state in ACTIVE_STATES
 
-    @api.depends("state", "retry_count", "max_retries")
+    @api.depends("state", "retry_count", "max_retries", "next_retry_at", "error_kind")
     def _compute_flags(self):
         for job in self:
             job.can_retry = job.state == "failed" and job.retry_count < job.max_retries
-            job.can_cancel = job.state in ACTIVE_STATES
+            job.can_cancel = job.state in ACTIVE_STATES or job._retry_pending()
 
-    # -- creation ----------------------------------------------------------------------------
+    def _retry_pending(self) -> bool:
+        return bool(self.state == "failed" and self.error_kind == "retryable"
+                    and self.next_retry_at)
+
+    # -- who may create and change what ------------------------------------------------------
     @api.model_create_multi
     def create(self, vals_list):
-        threads = self.env["llm.thread"]
         for vals in vals_list:
-            if vals.get("thread_id") and not vals.get("provider_id"):
-                thread = threads.browse(vals["thread_id"])
-                vals["provider_id"] = thread.provider_id.id
-                vals.setdefault("model_id", thread.model_id.id)
-            elif vals.get("thread_id") and not vals.get("model_id"):
-                vals["model_id"] = threads.browse(vals["thread_id"]).model_id.id
+            self._check_writable(vals, creating=True)
+            self._complete_from_thread(vals)
         return super().create(vals_list)
 
-    # -- transitions -------------------------------------------------------------------------
-    def _require_state(self, allowed: tuple[str, ...], action: str) -> None:
-        self.ensure_one()
-        if self.state not in allowed:
-            raise UserError(
-                f"Cannot {action} generation job {self.id}: it is {self.state}; only "
-                f"{' or '.join(allowed)} jobs can be {_PAST[action]}."
-            )
+    def write(self, vals):
+        self._check_writable(vals)
+        if "model_id" in vals:
+            for job in self:
+                job._check_model(vals["model_id"], job.provider_id.id)
+        return super().write(vals)
 
+    def _check_writable(self, vals: dict, creating: bool = False) -> None:
+        kept = sorted(STORE_FIELDS & set(vals))
+        if kept:
+            raise AccessError(
+                f"Field '{kept[0]}' of a generation job cannot be set: it follows the job's "
+                "actions (action_queue, action_cancel, action_retry) and its worker.")
+        fixed = sorted(CREATE_ONLY_FIELDS & set(vals)) if not creating else []
+        if fixed:
+            raise AccessError(
+                f"Field '{fixed[0]}' of a generation job is set when the job is created and "
+                "cannot change: create a new job instead.")
+        if self._is_manager():
+            return
+        if "max_retries" in vals:
+            raise AccessError("Only LLM managers may set 'max_retries' of a generation job.")
+        if (vals.get("priority") or DEFAULT_PRIORITY) > DEFAULT_PRIORITY:
+            raise AccessError(
+                f"Only LLM managers may give a generation job a 'priority' above "
+                f"{DEFAULT_PRIORITY} (the default); lower ones are yours to set.")
+
+    def _is_manager(self) -> bool:
+        return self.env.su or self.env.user.has_group(MANAGER_GROUP)
+
+    def _complete_from_thread(self, vals: dict) -> None:
+        """The thread must be writable by the user; provider and model are the thread's (a
+        model of that provider may be chosen); the input message must be of the thread."""
+        if not vals.get("thread_id"):
+            return  # the required field's own error follows
+        thread = self.env["llm.thread"].browse(vals["thread_id"])
+        thread.check_access("write")
+        thread = thread.sudo()
+        provider_id = thread.provider_id.id
+        if vals.get("provider_id") and vals["provider_id"] != provider_id:
+            raise ValidationError(
+                f"Field 'provider_id' of a generation job must be its thread's provider "
+                f"(id {provider_id}): a job runs on the provider of its thread. Leave it out, "
+                "or change the thread's provider.")
+        vals["provider_id"] = provider_id
+        if vals.get("model_id"):
+            self._check_model(vals["model_id"], provider_id)
+        else:
+            vals["model_id"] = thread.model_id.id
+        message_id = vals.get("input_message_id")
+        if message_id:
+            message = self.env["llm.message"].browse(message_id)
+            message.check_access("read")
+            if message.sudo().thread_id.id != thread.id:
+                raise ValidationError(
+                    f"Field 'input_message_id' of a generation job must be a message of its "
+                    f"thread (message {message_id} is not in thread {thread.id}).")
+
+    def _check_model(self, model_id, provider_id: int) -> None:
+        if model_id and self.env["llm.model"].sudo().browse(model_id).provider_id.id != \
+                provider_id:
+            raise ValidationError(
+                f"Field 'model_id' of a generation job must be a model of its provider "
+                f"(model {model_id} is not one of provider {provider_id}'s).")
+
+    def _require_manager(self, action: str) -> None:
+        if not self._is_manager():
+            raise AccessError(
+                f"Only LLM managers may {action} a generation job by hand; queue it "
+                "(action_queue) and a worker runs it.")
+
+    # -- actions -----------------------------------------------------------------------------
     def action_queue(self):
         """Put a draft job in its provider's queue; a worker picks it up at once."""
-        self._require_state(("draft",), "queue")
-        queue = self.env["llm.generation.queue"]._get_or_create_queue(self.provider_id.id)
-        self.write({"state": "queued", "queued_at": _now(), "next_retry_at": False})
-        self._wake_workers(queue)
+        self.ensure_one().check_access("write")
+        JobStore(self.env).enqueue(self)
+        return True
+
+    def action_cancel(self):
+        """Cancel a queued job, a failed one waiting for its automatic retry, or a running
+        one (its stream is closed at once; the partial reply is kept, marked cancelled)."""
+        self.ensure_one().check_access("write")
+        JobStore(self.env).cancel(self)
+        return True
+
+    def action_retry(self):
+        """Queue a failed job again (a new attempt), if it has retries left."""
+        self.ensure_one().check_access("write")
+        JobStore(self.env).retry(self)
         return True
 
     def action_start(self):
-        """Start this queued job now: claim it, commit, and run its attempt — on this
-        process's worker runner when there is one, else here, returning when it is done.
-        Raises when its queue is paused or full, or another worker took it first."""
-        self._require_state(("queued",), "start")
-        from ..claim import claim_job, worker_name
+        """Start this queued job now (managers): claim it, commit, and run its attempt — on
+        this process's worker runner when there is one, else here, returning when it is
+        done. Raises when its queue is paused or full, or another worker took it."""
+        self.ensure_one()._require_manager("start")
         from ..execution import run_attempt
-        from ..runner import active_runner
+        from ..runner import active_runner, worker_name
 
-        lease = claim_job(self.env, self, worker=worker_name())
-        if lease is None:
-            raise UserError(
-                f"Job {self.id} cannot start now: its queue is paused or at its concurrency "
-                "limit, or another worker took it."
-            )
+        lease = JobStore(self.env).start(self, worker_name())
         self.env.cr.commit()
         runner = active_runner(self.pool)
         if runner:
@@ -164,80 +236,18 @@ class GenerationJob(models.Model):
             run_attempt(self.pool, lease)
         return True
 
-    def action_cancel(self):
-        """Cancel a queued or running job; a running stream is closed at once and its
-        partial reply is kept, marked cancelled."""
-        self._require_state(ACTIVE_STATES, "cancel")
-        if self.state == "queued":
-            self._finish("cancelled", error="Cancelled before it started.")
-            return True
-        if self.external_job_id:
-            try:
-                self.provider_id.cancel_generation_job(self)
-            except Exception as exc:  # the provider's side is best effort; ours is not
-                _logger.warning("Provider could not cancel job %s: %s", self.id, exc)
-        self.write({"cancel_requested": True})
-        notifier_for(self.pool).send(self.env.cr, CANCEL, self.id)
-        if not self.lease_token or self.external_job_id:
-            self._finish("cancelled", error="Cancelled while running.")
-        return True
-
-    def action_retry(self):
-        """Queue a failed job again (a new attempt), if it has retries left."""
-        self.ensure_one()
-        if not self.can_retry:
-            reason = (
-                f"it is {self.state}" if self.state != "failed"
-                else f"it used its {self.max_retries} retries"
-            )
-            raise UserError(f"Cannot retry generation job {self.id}: {reason}.")
-        self.write({
-            "state": "queued", "retry_count": self.retry_count + 1, "queued_at": _now(),
-            "started_at": False, "completed_at": False, "error_message": False,
-            "error_kind": False, "external_job_id": False, "next_retry_at": False,
-            "cancel_requested": False,
-        })
-        self._wake_workers(self.env["llm.generation.queue"]._get_or_create_queue(
-            self.provider_id.id))
-        return True
-
     def action_complete(self, output_message_id=None):
-        """Mark a running job completed (e.g. from a provider status check)."""
-        self._require_state(("running",), "complete")
-        self._finish("completed", output_message_id=output_message_id)
+        """Mark a running job completed by hand (managers; e.g. a result obtained
+        elsewhere)."""
+        self.ensure_one()._require_manager("complete")
+        JobStore(self.env).complete_job(self, output_message_id)
         return True
 
     def action_fail(self, error_message=None):
-        """Mark a queued or running job failed, with the reason."""
-        self._require_state(ACTIVE_STATES, "fail")
-        self._finish("failed", error=error_message or "Failed.", error_kind="permanent")
+        """Fail a queued or running job for good, with the reason (managers)."""
+        self.ensure_one()._require_manager("fail")
+        JobStore(self.env).fail_job(self, error_message or "Failed.")
         return True
-
-    def _finish(self, state: str, *, error: str | None = None, error_kind: str | None = None,
-                output_message_id: int | None = None) -> None:
-        """Close the job (and its running attempt) in ``state``."""
-        vals: dict[str, Any] = {
-            "state": state, "completed_at": _now(), "lease_token": False,
-            "lease_expires_at": False,
-        }
-        if error is not None:
-            vals.update(error_message=error, error_kind=error_kind or False)
-        if output_message_id:
-            vals["output_message_id"] = output_message_id
-        self.write(vals)
-        self.attempt_ids.filtered(lambda a: a.outcome == "running").write({
-            "outcome": state, "ended_at": _now(), "error_message": error or False,
-        })
-        message = self.output_message_id
-        if message and state in ("failed", "cancelled") and message.state not in ("done",):
-            message.write({"state": "cancelled" if state == "cancelled" else "error",
-                           "error": error or False})
-        notifier_for(self.pool).send(self.env.cr, PROGRESS, self.id)
-
-    def _wake_workers(self, queue) -> None:
-        notifier = notifier_for(self.pool)
-        notifier.send(self.env.cr, QUEUED, queue.provider_id.id)
-        notifier.send(self.env.cr, PROGRESS, self.id)
 
     def _queue_position(self) -> int:
         """1 + the queued jobs of the same provider that a worker will take before this one."""
@@ -253,16 +263,17 @@ class GenerationJob(models.Model):
 
     # -- status and maintenance --------------------------------------------------------------
     def check_status(self, wait: float = 0.5):
-        """The job's status as the provider reports it (a dict, see llm_provider), applied to
+        """The job's status as its provider reports it (a dict, see llm_provider), applied to
         the job; False when the job is not running.
 
         It commits the current transaction first, so that it sees the worker's progress (and,
         on SQLite, does not hold the lock the worker needs), and waits up to ``wait`` seconds
         for progress of an active job, so a loop ``while job.state in ('queued', 'running'):
-        job.check_status()`` neither spins nor stops seeing changes."""
-        self.ensure_one()
+        job.check_status()`` neither spins nor stops seeing changes. A provider-side job's
+        answer is applied once, however many check it at once."""
+        self.ensure_one().check_access("read")
         notifier = notifier_for(self.pool)
-        notifier.listen()
+        notifier.listen(*CHANNELS)
         since = notifier.generation(PROGRESS, self.id)
         follow = self.state in ACTIVE_STATES and not self.external_job_id
         self.env.cr.commit()  # nothing may be read until the wait ends: a read would start a
@@ -270,49 +281,25 @@ class GenerationJob(models.Model):
             notifier.wait(PROGRESS, self.id, since, wait)
         if self.state != "running":
             return False
+        if not self.external_job_id:
+            return self.provider_id.sudo().check_generation_job_status(self)
         try:
-            status = self.provider_id.check_generation_job_status(self)
+            status = JobStore(self.env).check_external(self)
         except Exception as exc:
+            self.env.cr.rollback()
             _logger.warning("Status check of generation job %s failed: %s", self.id, exc)
             return False
-        if self.external_job_id and status:
-            self._apply_status(status)
-            self.env.cr.commit()
-        return status
-
-    def _apply_status(self, status: dict) -> None:
-        """Apply a provider status dict (``state``, ``output_message_id``, ``error_message``,
-        ``provider_data``) to this running job."""
-        if status.get("provider_data") is not None:
-            self.provider_data = status["provider_data"]
-        state = status.get("state")
-        if state == "running" or self.state != "running":
-            return
-        if state == "completed":
-            self.action_complete(status.get("output_message_id"))
-        elif state == "failed":
-            self._fail_attempt(status.get("error_message") or "The provider reported a failure.",
-                               retryable=bool(status.get("retryable")))
-        elif state == "queued":
-            self.write({"state": "queued", "started_at": False, "lease_token": False,
-                        "lease_expires_at": False})
-
-    def _fail_attempt(self, error: str, *, retryable: bool,
-                      retry_after: float | None = None) -> None:
-        """End the running attempt with an error: schedule an automatic retry when the error
-        is retryable and retries are left, else fail for good."""
-        queue = self.env["llm.generation.queue"]._get_or_create_queue(self.provider_id.id)
-        self._finish("failed", error=error, error_kind="retryable" if retryable else "permanent")
-        if retryable and self.retry_count < self.max_retries and queue.auto_retry_failed:
-            delay = backoff.retry_delay(self.retry_count, queue.retry_delay_minutes, retry_after)
-            self.next_retry_at = _now() + dt.timedelta(seconds=delay)
+        self.env.cr.commit()
+        return status if status is not None else False
 
     @api.model
     def cleanup_old_jobs(self, days=7, batch_size=1000):
         """Delete finished jobs created more than ``days`` days ago, in batches (each batch
         committed). Returns how many were deleted."""
         cutoff = _now() - dt.timedelta(days=days)
-        domain = [("state", "in", list(FINISHED_STATES)), ("create_date", "<", cutoff)]
+        domain = [("create_date", "<", cutoff),  # not a failed job with a retry to come
+                  "|", ("state", "in", ["completed", "cancelled"]),
+                  "&", ("state", "=", "failed"), ("next_retry_at", "=", False)]
         deleted = 0
         while True:
             batch = self.search(domain, limit=batch_size, order="id")
@@ -321,87 +308,6 @@ class GenerationJob(models.Model):
             batch.unlink()
             deleted += len(batch)
             self.env.cr.commit()
-
-    # -- used by the worker (execution.py) ---------------------------------------------------
-    @staticmethod
-    def _new_lease_token() -> str:
-        return secrets.token_hex(16)
-
-    def _renew_lease(self, token: str, allow_cancelled: bool = False) -> bool:
-        from ..claim import LEASE_SECONDS
-
-        return self._fenced_update(
-            token, {"lease_expires_at": _now() + dt.timedelta(seconds=LEASE_SECONDS)},
-            allow_cancelled=allow_cancelled,
-        )
-
-    def _prepare_generation(self, token: str) -> dict[str, Any]:
-        """What the worker needs to stream this job's reply, plus the (empty) reply message:
-        created on the first attempt, reused by later ones (one reply per job)."""
-        self.ensure_one()
-        thread = self.thread_id
-        messages = thread._conversation(until=self.input_message_id)
-        reply = self.output_message_id
-        if reply:
-            reply.write({"body": "", "state": "streaming", "error": False})
-        else:
-            reply = thread.message_post(body="", llm_role="assistant", state="streaming")
-            self._fenced_update(token, {"output_message_id": reply.id}, allow_cancelled=True)
-        inputs = self.generation_inputs or {}
-        if not self.input_message_id and inputs.get("prompt"):
-            # A job created with a prompt rather than a posted message (the contract's
-            # "Create a job" example): the prompt is the user's turn.
-            messages.append({"role": "user", "content": str(inputs["prompt"])})
-        return {
-            "provider_id": self.provider_id.id,
-            "model": self.model_id.name or None,
-            "messages": messages,
-            "options": dict(inputs.get("options") or {}),
-            "timeout": self.provider_id.timeout or None,
-            "message_id": reply.id,
-        }
-
-    def _complete_attempt(self, token: str, message_id: int, message_values: dict) -> bool:
-        """Fenced completion: the job, its reply and its attempt, or nothing."""
-        now = _now()
-        done = self._fenced_update(token, {
-            "state": "completed", "completed_at": now, "output_message_id": message_id,
-            "lease_token": False, "lease_expires_at": False, "error_message": False,
-            "error_kind": False, "next_retry_at": False,
-        })
-        if not done:
-            return False
-        self.env["llm.message"].browse(message_id).write(message_values)
-        self.attempt_ids.filtered(lambda a: a.outcome == "running").write(
-            {"outcome": "completed", "ended_at": now})
-        return True
-
-    def _fenced_update(self, token: str, values: dict[str, Any], *,
-                       allow_cancelled: bool = False) -> bool:
-        """UPDATE this running job only if ``token`` still holds its lease (and, unless
-        ``allow_cancelled``, no cancellation was requested). Returns whether it did."""
-        table = self._table_obj
-        condition = [table.c.id == self.id, table.c.lease_token == token,
-                     table.c.state == "running"]
-        if not allow_cancelled:
-            condition.append(sa.not_(sa.func.coalesce(table.c.cancel_requested, False)))
-        columns = {
-            name: self._fields[name].convert_to_column(self._fields[name].convert_to_cache(v, self))
-            for name, v in values.items()
-        }
-        columns["write_date"] = _now()
-        result = self.env.cr.execute(sa.update(table).where(*condition).values(columns))
-        self.env.cache.invalidate(ids=self._ids)
-        if result.rowcount != 1:
-            return False
-        self.pool.triggers.after_change(self, set(values))  # e.g. is_active, durations
-        return True
-
-
-_PAST = {
-    "queue": "queued", "start": "started", "cancel": "cancelled", "complete": "completed",
-    "fail": "failed",
-}
 
 
 def _seconds(start: dt.datetime | bool, end: dt.datetime | bool) -> float:

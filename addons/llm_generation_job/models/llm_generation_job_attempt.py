@@ -8,6 +8,7 @@ OUTCOMES = [
     ("failed", "Failed"),
     ("cancelled", "Cancelled"),
     ("lost", "Lost (worker stopped renewing its lease)"),
+    ("interrupted", "Interrupted (handed back to the queue; not counted as a retry)"),
 ]
 
 

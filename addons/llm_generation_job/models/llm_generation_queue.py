@@ -16,9 +16,10 @@ import datetime as dt
 import logging
 
 from core import UserError, api, fields, models
+from core.notify import notifier_for
 
-from ..claim import claim_jobs, requeue_expired, worker_name
-from ..notify import QUEUED, notifier_for
+from ..signals import QUEUED
+from ..store import JobStore
 
 _logger = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ class GenerationQueue(models.Model):
         In a worker process the jobs are handed to its runner; elsewhere (a script, ``llmjobs
         cron run``) they run here, one after another, before this returns. Commits the
         current transaction (the claims must be visible to other workers)."""
-        from ..runner import active_runner
+        from ..execution import run_attempt
+        from ..runner import active_runner, worker_name
 
         provider_id = getattr(provider, "id", provider)
         self._get_or_create_queue(provider_id)
@@ -149,15 +151,12 @@ class GenerationQueue(models.Model):
         limit = runner.free_slots() if runner else None
         if limit == 0:
             return 0
-        leases = claim_jobs(self.env, provider_id, worker_name(), limit=limit)
+        leases = JobStore(self.env).claim(provider_id, worker_name(), limit=limit)
         self.env.cr.commit()
-        if runner:
-            for lease in leases:
+        for lease in leases:
+            if runner:
                 runner.submit(lease)
-        else:
-            from ..execution import run_attempt
-
-            for lease in leases:
+            else:
                 run_attempt(self.pool, lease)
         return len(leases)
 
@@ -177,34 +176,27 @@ class GenerationQueue(models.Model):
     @api.model
     def _check_job_statuses(self):
         """Cron: take back jobs of dead workers, fail jobs stuck at an external provider, and
-        ask providers about their asynchronous jobs."""
-        recovered = requeue_expired(self.env)
+        ask providers about their asynchronous jobs. Returns how many jobs were taken back."""
+        recovered = JobStore(self.env).requeue_expired()
         self.env.cr.commit()
         jobs = self.env["llm.generation.job"].sudo()
         for job in jobs.search([("state", "=", "running"), ("external_job_id", "!=", False)]):
             queue = self._get_or_create_queue(job.provider_id.id)
             timeout = dt.timedelta(minutes=queue.job_timeout_minutes or 60)
-            if job.started_at and job.started_at < _now() - timeout:
-                job._fail_attempt(f"No result from the provider after {timeout}.",
-                                  retryable=True)
-            else:
-                job.check_status(wait=0)  # applies the provider's answer and commits
-            self.env.cr.commit()
+            try:
+                store = JobStore(self.env)
+                if not store.fail_stalled_external(job, timeout):
+                    store.check_external(job)
+                self.env.cr.commit()
+            except Exception:
+                self.env.cr.rollback()
+                _logger.exception("Status check of generation job %s failed", job.id)
         return recovered
 
     @api.model
     def _auto_retry_failed_jobs(self):
         """Cron: requeue failed jobs whose automatic retry is due. Returns how many."""
-        due = self.env["llm.generation.job"].sudo().search([
-            ("state", "=", "failed"), ("error_kind", "=", "retryable"),
-            ("next_retry_at", "!=", False), ("next_retry_at", "<=", _now()),
-        ], order="next_retry_at")
-        retried = 0
-        for job in due.filtered("can_retry"):
-            if self._get_or_create_queue(job.provider_id.id).auto_retry_failed:
-                job.action_retry()
-                retried += 1
-        return retried
+        return JobStore(self.env).retry_due()
 
     # -- manager actions ---------------------------------------------------------------------
     def action_enable(self):
@@ -218,23 +210,28 @@ class GenerationQueue(models.Model):
         return True
 
     def action_process_queue(self):
+        self.check_access("write")
         return sum(self._process_provider_queue(queue.provider_id.id) for queue in self)
 
     def action_clear_queue(self):
         """Cancel every queued job of these queues; returns how many."""
-        jobs = self.env["llm.generation.job"].sudo().search([
+        self.check_access("write")
+        store = JobStore(self.env)
+        jobs = store.jobs.search([
             ("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "queued")])
         for job in jobs:
-            job._finish("cancelled", error="Queue cleared by a manager.")
+            store.cancel(job, reason="Queue cleared by a manager.")
         return len(jobs)
 
     def action_retry_failed_jobs(self):
         """Retry every failed job of these queues that has retries left; returns how many."""
-        jobs = self.env["llm.generation.job"].sudo().search([
+        self.check_access("write")
+        store = JobStore(self.env)
+        jobs = store.jobs.search([
             ("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "failed")])
         retryable = jobs.filtered("can_retry")
         for job in retryable:
-            job.action_retry()
+            store.retry(job)
         return len(retryable)
 
     # -- statistics --------------------------------------------------------------------------

@@ -11,7 +11,10 @@ every provider of llm_thread can be queued with no extra code.
 - ``check_generation_job_status(job)``: ``{'state': 'running'|'completed'|'failed'|'queued',
   'output_message_id': id?, 'error_message': str?, 'provider_data': dict?}``.
 - ``cancel_generation_job(job)``: ask the provider to stop; returns whether it accepted.
-- ``get_generation_queue_info()``: limits and capabilities (see the method).
+- ``get_generation_queue_info()``: limits, capabilities and live workers (see the method).
+
+The hooks get the job in superuser mode: they run for whoever asked (a worker, the status
+cron, a user's status loop) after the job store checked that caller's rights.
 """
 
 from __future__ import annotations
@@ -61,19 +64,23 @@ class LLMProvider(models.Model):
     def get_generation_queue_info(self):
         """``max_concurrent_jobs``, ``current_queue_size`` (queued jobs),
         ``estimated_wait_time`` (seconds: backlog x average processing time / concurrency),
-        ``supports_streaming``, ``supports_cancellation``, and ``supports_queue``: whether
+        ``supports_streaming``, ``supports_cancellation``, ``supports_queue``: whether
         generations of this provider go through its queue by default (its queue exists and
-        is enabled)."""
-        implementation = self._job_hook("get_generation_queue_info")
+        is enabled), and ``live_workers``: how many live workers serve that queue. Any user
+        may ask (nothing in it is secret)."""
+        self.ensure_one()
+        provider = self.sudo()
+        implementation = provider._job_hook("get_generation_queue_info")
         if implementation is not None:
             return implementation()
-        self.ensure_one()
-        queue = self.env["llm.generation.queue"].sudo().search(
-            [("provider_id", "=", self.id)], limit=1)
+        queue = provider.env["llm.generation.queue"].search(
+            [("provider_id", "=", provider.id)], limit=1)
+        live = provider.env["llm.generation.worker"].live_count(provider.id)
         if not queue:
             return {"max_concurrent_jobs": 0, "current_queue_size": 0,
                     "estimated_wait_time": 0.0, "supports_streaming": True,
-                    "supports_cancellation": True, "supports_queue": False}
+                    "supports_cancellation": True, "supports_queue": False,
+                    "live_workers": live}
         stats = queue.get_queue_stats(window_hours=1)
         average = stats["performance"]["avg_processing_time"]
         backlog = queue.queued_jobs_count
@@ -81,7 +88,8 @@ class LLMProvider(models.Model):
             "max_concurrent_jobs": queue.max_concurrent_jobs,
             "current_queue_size": backlog,
             "estimated_wait_time": backlog * average / max(queue.max_concurrent_jobs, 1),
-            "supports_streaming": self._streams_in_worker(),
+            "supports_streaming": provider._streams_in_worker(),
             "supports_cancellation": True,
             "supports_queue": queue.enabled,
+            "live_workers": live,
         }

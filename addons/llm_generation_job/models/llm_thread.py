@@ -6,7 +6,13 @@
 - ``True``: create a job in the provider's queue, let a worker generate the reply, and yield
   its progress with the same update shapes as direct mode (see ``follow.py``);
 - ``None`` (default): queued when the provider's ``get_generation_queue_info()`` says
-  ``supports_queue`` — by default, when the provider has an enabled queue — else direct.
+  ``supports_queue`` (by default: the provider has an enabled queue) and a live worker serves
+  that queue, else direct. The first update says which way it went and why::
+
+      {'type': 'generation_mode', 'mode': 'queued' | 'direct', 'reason': '...'}
+
+A thread generates one reply at a time: while one of its jobs is queued, running or waiting
+for its automatic retry, another generation (queued or direct) is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from addons.llm_thread import updates
 from core import UserError, fields, models
 
 from ..follow import follow_job
-from .llm_generation_job import ACTIVE_STATES
+from ..store import JobStore
 
 
 class LLMThread(models.Model):
@@ -26,7 +32,9 @@ class LLMThread(models.Model):
     def generate_response(self, user_message=None, use_queue=None, **options):
         self.ensure_one()
         if use_queue is None:
-            use_queue = bool(self.provider_id.get_generation_queue_info().get("supports_queue"))
+            use_queue, reason = self._generation_mode()
+            yield {"type": "generation_mode", "mode": "queued" if use_queue else "direct",
+                   "reason": reason}
         if not use_queue:
             self._refuse_if_generating()
             yield from super().generate_response(user_message, **options)
@@ -39,15 +47,27 @@ class LLMThread(models.Model):
             yield updates.message_create(posted)
         yield from follow_job(self.env, job_id)
 
+    def _generation_mode(self) -> tuple[bool, str]:
+        """Whether ``use_queue=None`` queues, and why."""
+        provider = self.provider_id.sudo()
+        info = provider.get_generation_queue_info()
+        if not info.get("supports_queue"):
+            return False, f"provider '{provider.name}' has no enabled queue"
+        workers = info.get("live_workers", 0)
+        if not workers:
+            return False, (f"no worker is running for the queue of provider "
+                           f"'{provider.name}' (start one with `llmjobs worker`)")
+        return True, (f"provider '{provider.name}' has an enabled queue served by {workers} "
+                      f"live worker{'s' if workers > 1 else ''}")
+
     def _queue_generation(self, user_message, options):
         """Post the user message and queue a job for the reply (one transaction)."""
-        self._lock_for_generation()
+        self.lock_for_update()  # "is a job active? then queue one", once per thread at a time
         self._refuse_if_generating()
         input_message = self.message_post(body=user_message, llm_role="user") \
             if user_message else self.env["llm.message"]
         job = self.env["llm.generation.job"].create({
             "thread_id": self.id,
-            "user_id": self.env.uid,
             "input_message_id": input_message.id or False,
             "generation_inputs": {"user_message": user_message, "options": options},
         })
@@ -55,20 +75,12 @@ class LLMThread(models.Model):
         return job
 
     def _refuse_if_generating(self):
-        """UserError while a job of this thread is queued or running."""
-        busy = self.env["llm.generation.job"].sudo().search(
-            [("thread_id", "=", self.id), ("state", "in", list(ACTIVE_STATES))], limit=1)
+        """UserError while a job of this thread is queued, running or waiting for its
+        automatic retry."""
+        busy = JobStore(self.env).busy_job(self.id)
         if busy:
+            waiting = "waiting for its retry" if busy.state == "failed" else busy.state
             raise UserError(
                 f"Thread '{self.name}' is already generating a response (job {busy.id} is "
-                f"{busy.state}); wait for it to finish or cancel it."
+                f"{waiting}); wait for it to finish or cancel it."
             )
-
-    def _lock_for_generation(self):
-        """Serialise "is a job active? then queue one" per thread across processes: the
-        thread's row is locked until commit (SQLite: the transaction's write lock)."""
-        table = self._table_obj
-        self.env.cr.execute(
-            table.select().with_only_columns(table.c.id).where(table.c.id == self.id)
-            .with_for_update()
-        )

@@ -4,14 +4,13 @@ import datetime as dt
 
 import pytest
 
+from addons.llm_generation_job.store import JobStore
 from core import UserError
 
 
 def start(job):
     """Put a queued job in the running state, as a worker's claim does (without running it)."""
-    from addons.llm_generation_job.claim import claim_job
-
-    return claim_job(job.env, job, worker="test")
+    return JobStore(job.env).start(job, worker="test")
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def test_start_complete_and_durations(job):
     lease = start(job)
     assert job.state == "running" and job.lease_token == lease.token
     assert job.attempt_ids.mapped("outcome") == ["running"]
-    job.write({"queued_at": job.started_at - dt.timedelta(seconds=2)})
+    job.write_where([], {"queued_at": job.started_at - dt.timedelta(seconds=2)})
     job.action_complete()
     assert job.state == "completed"
     assert job.queue_duration == pytest.approx(2.0)
@@ -72,7 +71,7 @@ def test_fail_then_retry_until_the_limit(job):
         (("action_queue", "action_cancel"), "action_queue", "it is cancelled"),
         (("action_queue", "action_cancel"), "action_retry", "it is cancelled"),
         (("action_queue",), "action_complete", "only running jobs can be completed"),
-        ((), "action_cancel", "only queued or running jobs can be cancelled"),
+        ((), "action_cancel", "only queued or running jobs, or failed ones waiting"),
         ((), "action_fail", "it is draft"),
     ],
 )
@@ -82,7 +81,7 @@ def test_illegal_transitions_are_refused_and_change_nothing(job, prepare, action
     before = job.read(["state", "queued_at", "completed_at", "retry_count"])
     with pytest.raises(UserError, match=message):
         getattr(job, action)()
-    job.env.cache.clear()
+    job.env.invalidate_all()
     assert job.read(["state", "queued_at", "completed_at", "retry_count"]) == before
 
 
@@ -101,10 +100,7 @@ def test_cleanup_removes_old_finished_jobs_only(env, thread):
     jobs[0].action_cancel()
     jobs[1].action_cancel()
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
-    table = jobs._table_obj
-    env.cr.execute(table.update().where(table.c.id.in_([jobs[0].id, jobs[2].id]))
-                   .values(create_date=old))
-    env.cache.clear()
+    (jobs[0] | jobs[2]).write({"create_date": old})
     assert env["llm.generation.job"].cleanup_old_jobs(days=7) == 1
     assert not jobs[0].exists() and jobs[1].exists() and jobs[2].exists()
 

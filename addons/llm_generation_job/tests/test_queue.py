@@ -4,6 +4,7 @@ import datetime as dt
 
 import pytest
 
+from addons.llm_generation_job.store import JobStore
 from core import UserError
 
 from .conftest import make_provider
@@ -26,43 +27,37 @@ def test_one_queue_per_provider(env, thread):
 
 
 def test_claims_never_exceed_the_limit_and_follow_priority(env, thread):
-    from addons.llm_generation_job.claim import claim_jobs
-
     queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
     queue.max_concurrent_jobs = 2
     jobs = queued_jobs(env, thread, 4)
     jobs[3].priority = 10
-    leases = claim_jobs(env, thread.provider_id.id, "test")
+    leases = JobStore(env).claim(thread.provider_id.id, "test")
     assert [lease.job_id for lease in leases] == [jobs[3].id, jobs[0].id]
-    assert claim_jobs(env, thread.provider_id.id, "test") == []
+    assert JobStore(env).claim(thread.provider_id.id, "test") == []
     assert queue.current_running_jobs == 2 and queue.queued_jobs_count == 2
 
 
 def test_disabled_queue_starts_nothing(env, thread):
-    from addons.llm_generation_job.claim import claim_jobs
-
     queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
     queued_jobs(env, thread, 1)
     queue.action_disable()
     assert queue.health == "disabled"
-    assert claim_jobs(env, thread.provider_id.id, "test") == []
+    assert JobStore(env).claim(thread.provider_id.id, "test") == []
     assert env["llm.generation.queue"].search([("health", "=", "disabled")]) == queue
     queue.action_enable()
-    assert len(claim_jobs(env, thread.provider_id.id, "test")) == 1
+    assert len(JobStore(env).claim(thread.provider_id.id, "test")) == 1
 
 
 def test_health_warning_and_critical(env, thread):
-    from addons.llm_generation_job.claim import claim_jobs
-
     queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
     queue.max_concurrent_jobs = 1
     assert queue.health == "healthy"
     queued_jobs(env, thread, 2)
-    claim_jobs(env, thread.provider_id.id, "test")
-    env.cache.clear()
+    JobStore(env).claim(thread.provider_id.id, "test")
+    env.invalidate_all()
     assert queue.health == "warning"
     queued_jobs(env, thread, 2)
-    env.cache.clear()
+    env.invalidate_all()
     assert queue.health == "critical"  # saturated with a backlog over twice the limit
     assert env["llm.generation.queue"].search([("health", "in", ["critical"])]) == queue
 
@@ -71,7 +66,7 @@ def test_health_is_critical_when_most_recent_jobs_fail(env, thread):
     queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
     for job in queued_jobs(env, thread, 6):
         job.action_fail("provider down")
-    env.cache.clear()
+    env.invalidate_all()
     assert queue.health == "critical"
 
 
@@ -91,7 +86,7 @@ def test_queue_stats(env, thread):
     now = dt.datetime.now(dt.UTC)
     for job, (wait, run, state) in zip(jobs[:2], [(1, 3, "completed"), (3, 5, "failed")],
                                        strict=True):
-        job.write({"state": state, "queued_at": now - dt.timedelta(seconds=wait + run),
+        job.write_where([], {"state": state, "queued_at": now - dt.timedelta(seconds=wait + run),
                    "started_at": now - dt.timedelta(seconds=run), "completed_at": now})
     stats = queue.get_queue_stats()
     assert stats["provider_name"] == "sim" and stats["job_counts"]["queued"] == 1

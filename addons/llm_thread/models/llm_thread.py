@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
 from core import UserError, fields, models
 
 from .. import updates
@@ -242,39 +240,27 @@ class LLMThread(models.Model):
     def _take_generation_lock(self) -> str:
         """Claim the lock in the current transaction (the caller commits) or raise
         UserError."""
-        table, now = self._table_obj, _now()
+        now = _now()
         token = secrets.token_hex(12)
-        taken = self.env.cr.execute(
-            sa.update(table)
-            .where(
-                table.c.id == self.id,
-                sa.or_(
-                    table.c.generation_lock_token.is_(None),
-                    table.c.generation_lock_until < now,
-                ),
-            )
-            .values(
-                generation_lock_token=token,
-                generation_lock_until=now + dt.timedelta(seconds=LOCK_SECONDS),
-            )
-        ).rowcount
+        taken = self.sudo().write_where(
+            ["|", ("generation_lock_token", "=", False), ("generation_lock_until", "<", now)],
+            {"generation_lock_token": token,
+             "generation_lock_until": now + dt.timedelta(seconds=LOCK_SECONDS)},
+        )
         if not taken:
             raise UserError(
                 f"Thread '{self.name}' is already generating a response; wait for it to finish."
             )
-        self.env.cache.invalidate(ids=self._ids)
         return token
 
     def _renew_generation_lock(self, token: str) -> None:
         """Extend the lease in a transaction of its own; UserError when it was lost (it
         expired and another generation took the thread)."""
-        table = self._table_obj
         with self.pool.environment() as env:
-            renewed = env.cr.execute(
-                sa.update(table)
-                .where(table.c.id == self.id, table.c.generation_lock_token == token)
-                .values(generation_lock_until=_now() + dt.timedelta(seconds=LOCK_SECONDS))
-            ).rowcount
+            renewed = env["llm.thread"].browse(self.id).write_where(
+                [("generation_lock_token", "=", token)],
+                {"generation_lock_until": _now() + dt.timedelta(seconds=LOCK_SECONDS)},
+            )
         if not renewed:
             raise UserError(
                 f"Thread {self.id} lost its generation lock (it expired after {LOCK_SECONDS}s "
@@ -283,10 +269,7 @@ class LLMThread(models.Model):
 
     def _release_generation_lock(self, token: str) -> None:
         """Release the lock in the current transaction (the caller commits)."""
-        table = self._table_obj
-        self.env.cr.execute(
-            sa.update(table)
-            .where(table.c.id == self.id, table.c.generation_lock_token == token)
-            .values(generation_lock_token=None, generation_lock_until=None)
+        self.sudo().write_where(
+            [("generation_lock_token", "=", token)],
+            {"generation_lock_token": False, "generation_lock_until": False},
         )
-        self.env.cache.invalidate(ids=self._ids)

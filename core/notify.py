@@ -1,8 +1,8 @@
-"""Wake-ups between processes: "a job was queued", "a job made progress", "cancel this job".
+"""Wake-ups between processes (an addon's "a job was queued", "a job made progress"...).
 
 Senders call ``Notifier.send(cr, channel, payload)`` inside their transaction; receivers
-``wait(channel, payload, timeout)``. Delivery happens when (and only if) the transaction
-commits:
+``listen(channel, ...)`` once, then ``wait(channel, payload, since, timeout)``. Delivery happens
+when (and only if) the transaction commits:
 
 - on PostgreSQL through ``pg_notify`` (NOTIFY is transactional), received by one LISTEN
   connection per process whose thread wakes the local waiters — any machine sharing the
@@ -17,6 +17,7 @@ costs the poll interval.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -28,11 +29,7 @@ if TYPE_CHECKING:
     from core.registry import Registry
 
 _logger = logging.getLogger(__name__)
-
-QUEUED = "llmjobs_queued"
-PROGRESS = "llmjobs_progress"
-CANCEL = "llmjobs_cancel"
-CHANNELS = (QUEUED, PROGRESS, CANCEL)
+_CHANNEL_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class Notifier:
@@ -44,6 +41,7 @@ class Notifier:
         # (channel, payload) -> number of signals so far; waiters compare generations.
         self._generations: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._listener: threading.Thread | None = None
+        self._channels: set[str] = set()
         self._stop = threading.Event()
 
     # -- sending -----------------------------------------------------------------------------
@@ -52,9 +50,10 @@ class Notifier:
         payload = str(payload)
         if cr.dialect == "postgresql":
             cr.execute(sa.select(sa.func.pg_notify(channel, payload)))
-        cr.postcommit(lambda: self._signal(channel, payload))
+        cr.postcommit(lambda: self.signal(channel, payload))
 
-    def _signal(self, channel: str, payload: str) -> None:
+    def signal(self, channel: str, payload: str = "") -> None:
+        """Wake this process's waiters on ``(channel, payload)`` now, with no database."""
         with self._condition:
             self._generations[(channel, payload)] += 1
             self._generations[(channel, "")] += 1
@@ -74,8 +73,14 @@ class Notifier:
         with self._condition:
             return self._condition.wait_for(lambda: self._generations[key] != since, timeout)
 
-    def listen(self) -> None:
-        """Start hearing other processes' notifications (PostgreSQL only; idempotent)."""
+    def listen(self, *channels: str) -> None:
+        """Hear other processes' notifications on ``channels`` from now on (PostgreSQL; on
+        SQLite only this process's are heard). Idempotent."""
+        for channel in channels:
+            if not _CHANNEL_NAME.match(channel):
+                raise ValueError(f"Invalid notification channel name {channel!r}.")
+        with self._condition:
+            self._channels.update(channels)
         if self.registry.dialect != "postgresql" or self._listener is not None:
             return
         self._listener = threading.Thread(target=self._listen, name="llmjobs-listen", daemon=True)
@@ -95,11 +100,15 @@ class Notifier:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True) as connection:
-                    for channel in CHANNELS:
-                        connection.execute(f"LISTEN {channel}")
+                    listening: set[str] = set()
                     while not self._stop.is_set():
+                        with self._condition:
+                            new = self._channels - listening
+                        for channel in sorted(new):  # names checked by listen()
+                            connection.execute(f"LISTEN {channel}")
+                            listening.add(channel)
                         for notification in connection.notifies(timeout=0.5):
-                            self._signal(notification.channel, notification.payload)
+                            self.signal(notification.channel, notification.payload)
             except psycopg.Error as exc:
                 _logger.warning("Notification listener lost its connection (%s); reconnecting",
                                 type(exc).__name__)

@@ -1,0 +1,224 @@
+"""The primitives protocols are built on: compare-and-set writes (``write_where``), row locks
+(``lock_for_update``), cache invalidation, and a database that goes away
+(``DatabaseUnavailable``)."""
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from core import AccessError, DatabaseUnavailable, Registry, ValidationError
+from core import database as core_database
+
+from .conftest import TEST_ADDONS
+
+
+def test_write_where_changes_only_the_records_still_matching(registry):
+    with registry.environment() as env:
+        partners = env["test.partner"].create([{"name": n, "age": 1} for n in "ABC"])
+        partners[1].age = 2
+        before = partners[0].write_date
+        changed = partners.write_where([("age", "=", 1)], {"age": 10, "score": 0.5})
+        assert changed == partners[0] | partners[2]
+        assert partners.mapped("age") == [10, 2, 10]
+        assert partners.mapped("score") == [0.5, 0.0, 0.5]
+        assert partners[0].write_date >= before
+        env.invalidate_all()
+        assert partners.mapped("age") == [10, 2, 10]  # the database agrees with the cache
+
+
+def test_write_where_keeps_stored_computed_fields_right(registry):
+    with registry.environment() as env:
+        partner = env["test.partner"].create({"name": "P"})
+        order = env["test.order"].create(
+            {"partner_id": partner.id, "line_ids": [(0, 0, {"amount": 2.0})]})
+        assert order.total == 2.0
+        order.line_ids.write_where([], {"amount": 5.0})
+        assert order.total == 5.0
+        partner.write_where([("name", "=", "P")], {"name": "Q"})
+        assert order.partner_name == "Q"
+
+
+def test_write_where_checks_constraints_and_fields(registry):
+    with registry.environment() as env:
+        partner = env["test.partner"].create({"name": "P"})
+        with pytest.raises(ValidationError, match="Age cannot be negative"):
+            partner.write_where([], {"age": -1})
+        with pytest.raises(ValidationError, match="'child_ids' of 'test.partner' is not one"):
+            partner.write_where([], {"child_ids": []})
+        with pytest.raises(ValidationError, match="is required"):
+            partner.write_where([], {"name": False})
+        with pytest.raises(ValidationError, match="has no field 'nope'"):
+            partner.write_where([], {"nope": 1})
+
+
+def test_write_where_and_lock_check_access_rights(make_registry):
+    registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_security"])
+    with registry.environment() as env:
+        group = env.ref("base.group_user").id
+        owner, other = env["res.users"].create([
+            {"name": "O", "login": "o", "groups_id": [group]},
+            {"name": "U", "login": "u", "groups_id": [group]}])
+        note = env["test.note"].create({"name": "theirs", "user_id": owner.id})
+        vault = env["test.vault"].create({"name": "closed"})
+    with registry.environment(user=other.id) as env:
+        for record in (env["test.note"].browse(note.id), env["test.vault"].browse(vault.id)):
+            with pytest.raises(AccessError):
+                record.write_where([], {"name": "forged"})
+            with pytest.raises(AccessError):
+                record.lock_for_update()
+    with registry.environment(user=owner.id) as env:
+        assert env["test.note"].browse(note.id).write_where([], {"name": "mine"})
+
+
+def _race(registry_a, registry_b, record_id, rounds):
+    """Two transactions at once try to move the same record from the same state: count the
+    winners of each round."""
+    winners = []
+    for round_number in range(rounds):
+        barrier = threading.Barrier(2)
+        won = []
+
+        def contend(registry, name, expected=round_number, barrier=barrier, won=won):
+            with registry.environment() as env:
+                record = env["test.partner"].browse(record_id)
+                barrier.wait()
+                if record.write_where([("age", "=", expected)], {"age": expected + 1}):
+                    won.append(name)
+
+        threads = [threading.Thread(target=contend, args=(registry, name))
+                   for registry, name in ((registry_a, "a"), (registry_b, "b"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners.append(won)
+    return winners
+
+
+def test_write_where_is_a_compare_and_set_across_connections(registry, db_url):
+    with registry.environment() as env:
+        record_id = env["test.partner"].create({"name": "contested", "age": 0}).id
+    other = Registry(db_url, addons_path=[TEST_ADDONS], addons=["test_orm"])
+    try:
+        winners = _race(registry, other, record_id, rounds=50)
+    finally:
+        other.close()
+    assert all(len(won) == 1 for won in winners), winners
+    with registry.environment() as env:
+        assert env["test.partner"].browse(record_id).age == 50
+
+
+def test_lock_for_update_returns_existing_records_and_fresh_values(registry):
+    with registry.environment() as env:
+        tags = env["test.tag"].create([{"name": "a"}, {"name": "b"}])
+        assert tags[0].name == "a"  # cached
+        env.cr.execute(sa.text("UPDATE test_tag SET name = 'changed' WHERE id = :id"),
+                       {"id": tags[0].id})
+        assert tags[0].name == "a"  # the cache does not know
+        missing = env["test.tag"].browse(tags[1].id + 100)
+        locked = (tags | missing).lock_for_update()
+        assert locked == tags
+        assert tags[0].name == "changed"
+
+
+def test_invalidate_recordset_and_all(registry):
+    with registry.environment() as env:
+        tag = env["test.tag"].create({"name": "a"})
+        env.cr.execute(sa.text("UPDATE test_tag SET name = 'b'"))
+        tag.invalidate_recordset(["name"])
+        assert tag.name == "b"
+        env.cr.execute(sa.text("UPDATE test_tag SET name = 'c'"))
+        env.invalidate_all()
+        assert tag.name == "c"
+
+
+def test_lock_for_update_refuses_a_readonly_cursor(registry):
+    with registry.environment() as env:
+        tag_id = env["test.tag"].create({"name": "a"}).id
+    with registry.environment(readonly=True) as env, \
+            pytest.raises(RuntimeError, match="read-only cursor"):
+        env["test.tag"].browse(tag_id).lock_for_update()
+
+
+@pytest.mark.postgres
+def test_lock_for_update_blocks_or_skips_other_transactions(make_registry, pg_url):
+    registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"], url=pg_url)
+    with registry.environment() as env:
+        tag_id = env["test.tag"].create({"name": "a"}).id
+    holder = registry.cursor()
+    from core import Environment
+
+    held = Environment(holder)["test.tag"].browse(tag_id).lock_for_update()
+    assert held.ids == [tag_id]
+    with registry.environment() as env:
+        assert not env["test.tag"].browse(tag_id).lock_for_update(skip_locked=True)
+    waited = threading.Event()
+
+    def wait_for_lock():
+        with registry.environment() as env:
+            env["test.tag"].browse(tag_id).lock_for_update()
+            waited.set()
+
+    waiter = threading.Thread(target=wait_for_lock)
+    waiter.start()
+    assert not waited.wait(0.5)  # blocked while the holder's transaction is open
+    holder.commit()
+    assert waited.wait(5)
+    waiter.join()
+    holder.close()
+
+
+# -- the database going away -----------------------------------------------------------------
+def test_exhausted_pool_is_unavailability_not_an_error(make_registry, db_url):
+    registry = Registry(db_url, addons_path=[TEST_ADDONS], addons=["test_orm"],
+                        engine_options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2})
+    try:
+        with registry.environment() as holder:
+            holder["test.tag"].search([])  # holds the only connection
+            with pytest.raises(DatabaseUnavailable, match="all database connections are busy"):
+                with registry.environment(readonly=True) as env:
+                    env["test.tag"].search([])
+        with registry.environment() as env:  # the connection is back: work goes on
+            assert env["test.tag"].search_count([]) == 0
+    finally:
+        registry.close()
+
+
+def test_sqlite_locked_past_the_busy_timeout_is_unavailability(monkeypatch, tmp_path):
+    monkeypatch.setattr(core_database, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    registry = Registry(f"sqlite:///{tmp_path / 'busy.db'}", addons_path=[TEST_ADDONS],
+                        addons=["test_orm"])
+    try:
+        with registry.environment() as holder:
+            holder["test.tag"].create({"name": "holds the write lock"})
+            with pytest.raises(DatabaseUnavailable, match="locked by another process") as info:
+                with registry.environment() as env:
+                    env["test.tag"].create({"name": "waits too long"})
+            assert "nothing was saved" in str(info.value)
+            assert "INSERT" not in str(info.value)  # the SQL stays in the cause, for logs
+        with registry.environment() as env:
+            assert env["test.tag"].search([]).mapped("name") == ["holds the write lock"]
+    finally:
+        registry.close()
+
+
+@pytest.mark.postgres
+def test_a_dropped_connection_is_unavailability_and_the_next_unit_reconnects(make_registry,
+                                                                            pg_url):
+    registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"], url=pg_url)
+    with pytest.raises(DatabaseUnavailable, match="lost the database connection"):
+        with registry.environment() as env:
+            env["test.tag"].create({"name": "lost with its connection"})
+            pid = env.cr.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            with registry.engine.connect() as other:
+                other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            env["test.tag"].search([])
+    with registry.environment() as env:
+        assert env["test.tag"].search_count([]) == 0
+
+
+def test_wrong_statements_are_not_unavailability(registry):
+    with registry.environment() as env, pytest.raises(sa.exc.DBAPIError) as info:
+        env.cr.execute(sa.text("SELECT * FROM no_such_table"))
+    assert not isinstance(info.value, DatabaseUnavailable)
