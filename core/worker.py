@@ -1,10 +1,12 @@
 """``llmjobs worker``: a foreground process running the crons of the cron file and the addons'
 services until it is told to stop.
 
-The cron file is checked before anything starts. The first SIGTERM or SIGINT (Ctrl-C) stops the
-worker cleanly: no new ticks or work are taken, each service finishes (or hands back) its work
-in flight within ``STOP_TIMEOUT`` seconds, and the process exits 0. A second signal exits at
-once with status 1; the transactions in flight are then rolled back by the database.
+The cron file is checked before anything starts; while the database cannot be reached, the
+services' start waits for it (up to ``STARTUP_PATIENCE``). The first SIGTERM or SIGINT (Ctrl-C)
+stops the worker cleanly: no new ticks or work are taken, each service finishes (or hands
+back) its work in flight within ``STOP_TIMEOUT`` seconds, and the process exits 0. A second
+signal exits at once with status 1; the transactions in flight are then rolled back by the
+database.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cron import CronScheduler, load_cron_file
+from .exceptions import DatabaseUnavailable
 from .services import Service, load_services
 
 if TYPE_CHECKING:
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 STOP_TIMEOUT = 20.0
+STARTUP_PATIENCE = 120.0
 
 
 def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
@@ -35,7 +40,7 @@ def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
     started: list[Service] = []
     try:
         for service in services:
-            service.start()
+            _start_when_reachable(service, stop)
             started.append(service)
         _logger.warning(
             "Worker %d running (crons: %s; services: %s); stop it with Ctrl-C or SIGTERM",
@@ -48,6 +53,23 @@ def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
     finally:
         for service in reversed(started):
             service.stop(STOP_TIMEOUT)
+
+
+def _start_when_reachable(service: Service, stop: threading.Event) -> None:
+    """Start ``service``; while the database is unavailable, wait and try again (up to
+    STARTUP_PATIENCE seconds, or until a stop signal): a worker started during a database
+    restart waits for it rather than exiting."""
+    deadline, delay = time.monotonic() + STARTUP_PATIENCE, 0.1
+    while True:
+        try:
+            service.start()
+            return
+        except DatabaseUnavailable as error:
+            if stop.is_set() or time.monotonic() + delay > deadline:
+                raise
+            _logger.warning("Cannot start %s yet: %s; waiting", service.name, error.reason)
+            stop.wait(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _stop_on_signals() -> threading.Event:

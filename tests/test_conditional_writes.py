@@ -176,9 +176,11 @@ def test_exhausted_pool_is_unavailability_not_an_error(make_registry, db_url):
     try:
         with registry.environment() as holder:
             holder["test.tag"].search([])  # holds the only connection
-            with pytest.raises(DatabaseUnavailable, match="all database connections are busy"):
-                with registry.environment(readonly=True) as env:
-                    env["test.tag"].search([])
+            with (
+                pytest.raises(DatabaseUnavailable, match="all database connections are busy"),
+                registry.environment(readonly=True) as env,
+            ):
+                env["test.tag"].search([])
         with registry.environment() as env:  # the connection is back: work goes on
             assert env["test.tag"].search_count([]) == 0
     finally:
@@ -192,9 +194,11 @@ def test_sqlite_locked_past_the_busy_timeout_is_unavailability(monkeypatch, tmp_
     try:
         with registry.environment() as holder:
             holder["test.tag"].create({"name": "holds the write lock"})
-            with pytest.raises(DatabaseUnavailable, match="locked by another process") as info:
-                with registry.environment() as env:
-                    env["test.tag"].create({"name": "waits too long"})
+            with (
+                pytest.raises(DatabaseUnavailable, match="locked by another process") as info,
+                registry.environment() as env,
+            ):
+                env["test.tag"].create({"name": "waits too long"})
             assert "nothing was saved" in str(info.value)
             assert "INSERT" not in str(info.value)  # the SQL stays in the cause, for logs
         with registry.environment() as env:
@@ -207,13 +211,15 @@ def test_sqlite_locked_past_the_busy_timeout_is_unavailability(monkeypatch, tmp_
 def test_a_dropped_connection_is_unavailability_and_the_next_unit_reconnects(make_registry,
                                                                             pg_url):
     registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"], url=pg_url)
-    with pytest.raises(DatabaseUnavailable, match="lost the database connection"):
-        with registry.environment() as env:
-            env["test.tag"].create({"name": "lost with its connection"})
-            pid = env.cr.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-            with registry.engine.connect() as other:
-                other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            env["test.tag"].search([])
+    with (
+        pytest.raises(DatabaseUnavailable, match="lost the database connection"),
+        registry.environment() as env,
+    ):
+        env["test.tag"].create({"name": "lost with its connection"})
+        pid = env.cr.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with registry.engine.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        env["test.tag"].search([])
     with registry.environment() as env:
         assert env["test.tag"].search_count([]) == 0
 

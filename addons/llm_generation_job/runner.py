@@ -39,6 +39,7 @@ from .store import LEASE_SECONDS, JobStore, Lease
 _logger = logging.getLogger(__name__)
 _ACTIVE: dict[int, JobRunner] = {}
 BEAT_SECONDS = min(2.0, LEASE_SECONDS / 3)
+CLAIM_GRACE = 10.0  # seconds a stop waits for a claim in flight, whatever its timeout
 
 
 def active_runner(registry: Registry) -> JobRunner | None:
@@ -106,8 +107,8 @@ class JobRunner:
         self.notifier.signal(QUEUED)  # wake the dispatcher and the heartbeat so they see
         self.notifier.signal(CANCEL)  # the stop
         deadline = time.monotonic() + timeout
-        if self._dispatcher is not None:
-            self._dispatcher.join(timeout=max(deadline - time.monotonic(), 0.1))
+        if self._dispatcher is not None:  # a claim in flight ends with its leases submitted
+            self._dispatcher.join(timeout=max(timeout, CLAIM_GRACE))  # (so handed back)
         while self._running() and time.monotonic() < deadline:
             time.sleep(0.05)
         with self._lock:

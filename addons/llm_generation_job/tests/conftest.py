@@ -1,6 +1,14 @@
-"""Fixtures for the generation-job tests: a registry with the addon, and a provider/thread."""
+"""Fixtures for the generation-job tests: a registry with the addon, a provider and thread,
+users, and real ``llmjobs worker`` processes."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +17,7 @@ from addons.llm_thread.tests.conftest import (  # noqa: F401  (fixtures)
     make_simulator,
     openai_server,
 )
+from core.config import DEFAULT_SECRET_KEY_FILE, secret_key
 
 
 @pytest.fixture
@@ -50,3 +59,62 @@ def sim_thread(registry, openai_server):  # noqa: F811  (the imported fixture)
         thread = env["llm.thread"].create(
             {"name": "Chat", "provider_id": provider.id, "model_id": model.id})
         return thread.id
+
+
+@pytest.fixture
+def users(registry):
+    """Ids of two ordinary users (``base.group_user``) and an LLM manager."""
+    with registry.environment() as env:
+        group = env.ref("base.group_user").id
+        manager = env.ref("llm_thread.group_llm_manager").id
+        created = env["res.users"].create([
+            {"name": "Alice", "login": "alice", "groups_id": [group]},
+            {"name": "Bob", "login": "bob", "groups_id": [group]},
+            {"name": "Maya", "login": "maya", "groups_id": [manager]},
+        ])
+        return dict(zip(("alice", "bob", "manager"), created.ids, strict=True))
+
+
+@pytest.fixture
+def start_workers(db_url, tmp_path):
+    """``start_workers(count, concurrency=8, lease=None, **env)`` starts ``llmjobs worker``
+    processes on the test database, each from a folder of its own (as an operator starts
+    them, elsewhere than the project); they get SIGTERM after the test and must exit
+    cleanly. Their output goes to ``worker-N.log`` in that folder (``.log`` attribute)."""
+    secret_key()  # the key file exists before the workers look for it
+    key_file = Path(os.environ.get("LLMJOBS_SECRET_KEY_FILE", DEFAULT_SECRET_KEY_FILE)).resolve()
+    crons = tmp_path / "no-crons.yaml"
+    crons.write_text("[]\n")
+    llmjobs = shutil.which("llmjobs", path=str(Path(sys.executable).parent))
+    workers: list[subprocess.Popen] = []
+
+    def start(count=1, concurrency=8, lease=None, **extra):
+        started = []
+        for _ in range(count):
+            home = tmp_path / f"worker-{len(workers) + 1}"
+            home.mkdir()
+            env = {**os.environ, "LLMJOBS_DB_URL": db_url, "LLMJOBS_CRON_FILE": str(crons),
+                   "LLMJOBS_SECRET_KEY_FILE": str(key_file),
+                   "LLMJOBS_WORKER_CONCURRENCY": str(concurrency), **extra}
+            if lease is not None:
+                env["LLMJOBS_JOB_LEASE_SECONDS"] = str(lease)
+            log = (home / "worker.log").open("wb")
+            process = subprocess.Popen([llmjobs, "worker"], env=env, cwd=home, stdout=log,
+                                       stderr=subprocess.STDOUT)
+            process.log = home / "worker.log"
+            log.close()
+            workers.append(process)
+            started.append(process)
+        return started
+
+    yield start
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            code = worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+        assert code in (0, -signal.SIGKILL), worker.log.read_text()

@@ -177,9 +177,8 @@ def test_the_api_key_is_encrypted_at_rest_and_masked(registry):
         provider = env["llm.provider"].create(
             {"name": "p", "service": "openai", "api_key": "sk-at-rest-4242"}
         )
-        table = provider._table_obj
         stored = env.cr.execute(
-            sa.select(table.c.api_key).where(table.c.id == provider.id)
+            sa.text("SELECT api_key FROM llm_provider WHERE id = :id"), {"id": provider.id}
         ).scalar_one()
         assert stored and "sk-at-rest-4242" not in stored
         assert provider.api_key.get_secret_value() == "sk-at-rest-4242"
