@@ -4,9 +4,9 @@ services until it is told to stop.
 The cron file is checked before anything starts; while the database cannot be reached, the
 services' start waits for it (up to ``STARTUP_PATIENCE``). The first SIGTERM or SIGINT (Ctrl-C)
 stops the worker cleanly: no new ticks or work are taken, each service finishes (or hands
-back) its work in flight within ``STOP_TIMEOUT`` seconds, and the process exits 0. A second
-signal exits at once with status 1; the transactions in flight are then rolled back by the
-database.
+back) its work in flight within ``STOP_TIMEOUT`` seconds (``LLMJOBS_STOP_TIMEOUT``), and the
+process exits 0. A second signal exits at once with status 1; the transactions in flight are
+then rolled back by the database.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 _logger = logging.getLogger(__name__)
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = float(os.environ.get("LLMJOBS_STOP_TIMEOUT", "20"))
 STARTUP_PATIENCE = 120.0
 
 

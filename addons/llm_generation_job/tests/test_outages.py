@@ -76,11 +76,11 @@ def test_dropped_connections_mid_stream_fail_no_job(registry, db_url, start_work
                         "WHERE application_name = :name")
     dropped = 0
     with registry.engine.connect() as admin:
-        for _ in range(8):  # every 0.3 s for 2.4 s, while the replies stream
-            dropped += admin.execute(terminate, {"name": name}).scalar_one()
-            admin.commit()
-            time.sleep(0.3)
-    assert dropped >= 8
+        for _ in range(60):  # every 50 ms for 3 s, while the replies stream: connections
+            dropped += admin.execute(terminate, {"name": name}).scalar_one()  # die in the
+            admin.commit()                                                  # middle of
+            time.sleep(0.05)                                                # transactions
+    assert dropped >= 60
     outage_over = time.monotonic()
     wait_finished(registry, job_ids, timeout=60)
     assert time.monotonic() - outage_over < 20  # the lease is 30 s: nobody waited for it

@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from addons.llm_generation_job.store import JobStore
-from core import UserError
+from core import RegistryError, UserError
 
 from .conftest import make_provider
 
@@ -114,3 +114,35 @@ def test_a_provider_without_queue_gets_one_on_first_use(env):
     assert not env["llm.generation.queue"].search([("provider_id", "=", provider.id)])
     env["llm.generation.queue"]._process_provider_queue(provider)
     assert env["llm.generation.queue"].search([("provider_id", "=", provider.id)])
+
+
+def test_a_worker_serves_only_its_queues(registry, openai_server):
+    from addons.llm_generation_job.follow import wait_finished
+    from addons.llm_generation_job.runner import JobRunner
+
+    with registry.environment() as env:
+        jobs = env["llm.generation.job"]
+        for name in ("served", "other"):
+            provider, model = make_provider(env, api_base=openai_server.url, name=name)
+            env["llm.generation.queue"]._get_or_create_queue(provider.id)
+            thread = env["llm.thread"].create(
+                {"name": name, "provider_id": provider.id, "model_id": model.id})
+            jobs |= env["llm.generation.job"].create(
+                {"thread_id": thread.id, "generation_inputs": {"prompt": "hi"}})
+        for job in jobs:
+            job.action_queue()
+        served, other = jobs.ids
+        providers = jobs.mapped("provider_id").ids
+    with pytest.raises(RegistryError, match="unknown providers: nope"):
+        JobRunner(registry, queues=["served", "nope"]).start()
+    runner = JobRunner(registry, concurrency=2, poll_interval=0.05, queues=["served"])
+    runner.start()
+    try:
+        wait_finished(registry, [served], timeout=10)
+        with registry.environment(readonly=True) as env:
+            workers = env["llm.generation.worker"]
+            assert [workers.live_count(p) for p in providers] == [1, 0]
+            assert env["llm.generation.job"].browse([served, other]).mapped("state") == [
+                "completed", "queued"]
+    finally:
+        runner.stop()
