@@ -805,14 +805,8 @@ class BaseModel:
             field = self._fields[name]
             if field.type in ("one2many", "many2many"):
                 relations[field] = value
-                continue
-            cache_value = field.convert_to_cache(value, self)
-            if cache_value is None and field.required:
-                raise ValidationError(
-                    f"Field '{name}' ({field.string}) of '{self._name}' is required and "
-                    "cannot be emptied."
-                )
-            columns[field] = cache_value
+            else:
+                columns[field] = self._column_value(field, value)
         names = set(vals)
         before = self.pool.triggers.before_change(self, names)
         if columns:
@@ -824,6 +818,17 @@ class BaseModel:
                 record._write_x2many(field, commands)
         self.pool.triggers.after_change(self, names, before=before)
         self._validate_constraints(names)
+
+    def _column_value(self, field: Field, value: Any) -> Any:
+        """``value`` for ``field`` as the cache keeps it; a required field cannot be
+        emptied."""
+        cache_value = field.convert_to_cache(value, self)
+        if cache_value is None and field.required:
+            raise ValidationError(
+                f"Field '{field.name}' ({field.string}) of '{self._name}' is required and "
+                "cannot be emptied."
+            )
+        return cache_value
 
     def _write_columns(self, columns: dict[Field, Any]) -> None:
         """UPDATE the given cache values on all records of the set, and cache them."""
@@ -860,13 +865,7 @@ class BaseModel:
                     f"write_where() writes stored column fields; '{name}' of '{self._name}' "
                     "is not one."
                 )
-            cache_value = field.convert_to_cache(value, self)
-            if cache_value is None and field.required:
-                raise ValidationError(
-                    f"Field '{name}' ({field.string}) of '{self._name}' is required and "
-                    "cannot be emptied."
-                )
-            columns[field] = cache_value
+            columns[field] = self._column_value(field, value)
         names = set(vals)
         before = self.pool.triggers.before_change(self, names)
         columns[self._fields["write_date"]] = dt.datetime.now(dt.UTC)
