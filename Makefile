@@ -20,7 +20,9 @@ run: install
 # Lint, then every test (PostgreSQL tests need LLMJOBS_TEST_PG_URL; .ci/run provides it).
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -33,8 +33,12 @@ from core.testing import postgres_base_url, postgres_schema_url  # noqa: E402
 def start_workers(url: str, count: int, folder: Path) -> list[subprocess.Popen]:
     empty_crons = folder / "cron.yaml"
     empty_crons.write_text("[]\n")
-    env = {**os.environ, "LLMJOBS_DB_URL": url, "LLMJOBS_CRON_FILE": str(empty_crons),
-           "LLMJOBS_WORKER_CONCURRENCY": "8"}
+    env = {
+        **os.environ,
+        "LLMJOBS_DB_URL": url,
+        "LLMJOBS_CRON_FILE": str(empty_crons),
+        "LLMJOBS_WORKER_CONCURRENCY": "8",
+    }
     llmjobs = shutil.which("llmjobs", path=str(Path(sys.executable).parent)) or "llmjobs"
     return [subprocess.Popen([llmjobs, "worker"], env=env, cwd=ROOT) for _ in range(count)]
 
@@ -49,23 +53,33 @@ def stop_workers(workers: list[subprocess.Popen]) -> None:
 def setup(registry: Registry, api_base: str, threads: int) -> tuple[int, list[int]]:
     with registry.environment() as env:
         provider = env["llm.provider"].create(
-            {"name": "bench", "service": "openai", "api_base": api_base, "api_key": "sk"})
+            {"name": "bench", "service": "openai", "api_base": api_base, "api_key": "sk"}
+        )
         model = env["llm.model"].create(
-            {"name": "sim", "provider_id": provider.id, "model_use": "chat", "default": True})
+            {"name": "sim", "provider_id": provider.id, "model_use": "chat", "default": True}
+        )
         env["llm.generation.queue"]._get_or_create_queue(provider.id).max_concurrent_jobs = 64
-        thread_ids = env["llm.thread"].create([
-            {"name": f"t{i}", "provider_id": provider.id, "model_id": model.id}
-            for i in range(threads)
-        ]).ids
+        thread_ids = (
+            env["llm.thread"]
+            .create(
+                [
+                    {"name": f"t{i}", "provider_id": provider.id, "model_id": model.id}
+                    for i in range(threads)
+                ]
+            )
+            .ids
+        )
         return provider.id, thread_ids
 
 
 def throughput(registry: Registry, thread_ids: list[int], jobs: int) -> float:
     with registry.environment() as env:
-        created = env["llm.generation.job"].create([
-            {"thread_id": thread_ids[i % len(thread_ids)], "generation_inputs": {"prompt": "x"}}
-            for i in range(jobs)
-        ])
+        created = env["llm.generation.job"].create(
+            [
+                {"thread_id": thread_ids[i % len(thread_ids)], "generation_inputs": {"prompt": "x"}}
+                for i in range(jobs)
+            ]
+        )
         start = time.perf_counter()
         for job in created:
             job.action_queue()

@@ -212,7 +212,7 @@ class Cursor:
         except BaseException:
             if nested.is_active:
                 with contextlib.suppress(Exception):  # a dead connection: the error raised
-                    nested.rollback()                 # in the block is what matters
+                    nested.rollback()  # in the block is what matters
             self.cache.clear()
             raise
         try:

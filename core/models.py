@@ -599,9 +599,11 @@ class BaseModel:
         """Run the compute method of ``field`` on these records; results go to the cache.
         Fields sharing the method are assigned by the same call, as in Odoo."""
         records = self.exists() if not field.store else self
-        siblings = [field] if field.related else [
-            f for f in self._fields.values() if f.compute and f.compute == field.compute
-        ]
+        siblings = (
+            [field]
+            if field.related
+            else [f for f in self._fields.values() if f.compute and f.compute == field.compute]
+        )
         with contextlib.ExitStack() as stack:
             assigned = next(iter([stack.enter_context(self.env.computing(f)) for f in siblings]))
             if field.related:
@@ -612,8 +614,7 @@ class BaseModel:
                     record[field.name] = value  # type: ignore[index]
             else:
                 method = field.compute
-                (getattr(records, method) if isinstance(method, str) else
-                 lambda: method(records))()
+                (getattr(records, method) if isinstance(method, str) else lambda: method(records))()
         missing = set(records._ids) - assigned
         if missing:
             raise ValueError(

@@ -110,8 +110,10 @@ class Notifier:
                         for notification in connection.notifies(timeout=0.5):
                             self.signal(notification.channel, notification.payload)
             except psycopg.Error as exc:
-                _logger.warning("Notification listener lost its connection (%s); reconnecting",
-                                type(exc).__name__)
+                _logger.warning(
+                    "Notification listener lost its connection (%s); reconnecting",
+                    type(exc).__name__,
+                )
                 self._stop.wait(1)
 
 

@@ -31,7 +31,8 @@ def test_write_where_keeps_stored_computed_fields_right(registry):
     with registry.environment() as env:
         partner = env["test.partner"].create({"name": "P"})
         order = env["test.order"].create(
-            {"partner_id": partner.id, "line_ids": [(0, 0, {"amount": 2.0})]})
+            {"partner_id": partner.id, "line_ids": [(0, 0, {"amount": 2.0})]}
+        )
         assert order.total == 2.0
         order.line_ids.write_where([], {"amount": 5.0})
         assert order.total == 5.0
@@ -56,9 +57,12 @@ def test_write_where_and_lock_check_access_rights(make_registry):
     registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_security"])
     with registry.environment() as env:
         group = env.ref("base.group_user").id
-        owner, other = env["res.users"].create([
-            {"name": "O", "login": "o", "groups_id": [group]},
-            {"name": "U", "login": "u", "groups_id": [group]}])
+        owner, other = env["res.users"].create(
+            [
+                {"name": "O", "login": "o", "groups_id": [group]},
+                {"name": "U", "login": "u", "groups_id": [group]},
+            ]
+        )
         note = env["test.note"].create({"name": "theirs", "user_id": owner.id})
         vault = env["test.vault"].create({"name": "closed"})
     with registry.environment(user=other.id) as env:
@@ -86,8 +90,10 @@ def _race(registry_a, registry_b, record_id, rounds):
                 if record.write_where([("age", "=", expected)], {"age": expected + 1}):
                     won.append(name)
 
-        threads = [threading.Thread(target=contend, args=(registry, name))
-                   for registry, name in ((registry_a, "a"), (registry_b, "b"))]
+        threads = [
+            threading.Thread(target=contend, args=(registry, name))
+            for registry, name in ((registry_a, "a"), (registry_b, "b"))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -113,8 +119,9 @@ def test_lock_for_update_returns_existing_records_and_fresh_values(registry):
     with registry.environment() as env:
         tags = env["test.tag"].create([{"name": "a"}, {"name": "b"}])
         assert tags[0].name == "a"  # cached
-        env.cr.execute(sa.text("UPDATE test_tag SET name = 'changed' WHERE id = :id"),
-                       {"id": tags[0].id})
+        env.cr.execute(
+            sa.text("UPDATE test_tag SET name = 'changed' WHERE id = :id"), {"id": tags[0].id}
+        )
         assert tags[0].name == "a"  # the cache does not know
         missing = env["test.tag"].browse(tags[1].id + 100)
         locked = (tags | missing).lock_for_update()
@@ -136,8 +143,10 @@ def test_invalidate_recordset_and_all(registry):
 def test_lock_for_update_refuses_a_readonly_cursor(registry):
     with registry.environment() as env:
         tag_id = env["test.tag"].create({"name": "a"}).id
-    with registry.environment(readonly=True) as env, \
-            pytest.raises(RuntimeError, match="read-only cursor"):
+    with (
+        registry.environment(readonly=True) as env,
+        pytest.raises(RuntimeError, match="read-only cursor"),
+    ):
         env["test.tag"].browse(tag_id).lock_for_update()
 
 
@@ -171,8 +180,12 @@ def test_lock_for_update_blocks_or_skips_other_transactions(make_registry, pg_ur
 
 # -- the database going away -----------------------------------------------------------------
 def test_exhausted_pool_is_unavailability_not_an_error(make_registry, db_url):
-    registry = Registry(db_url, addons_path=[TEST_ADDONS], addons=["test_orm"],
-                        engine_options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2})
+    registry = Registry(
+        db_url,
+        addons_path=[TEST_ADDONS],
+        addons=["test_orm"],
+        engine_options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2},
+    )
     try:
         with registry.environment() as holder:
             holder["test.tag"].search([])  # holds the only connection
@@ -189,8 +202,9 @@ def test_exhausted_pool_is_unavailability_not_an_error(make_registry, db_url):
 
 def test_sqlite_locked_past_the_busy_timeout_is_unavailability(monkeypatch, tmp_path):
     monkeypatch.setattr(core_database, "SQLITE_BUSY_TIMEOUT_MS", 200)
-    registry = Registry(f"sqlite:///{tmp_path / 'busy.db'}", addons_path=[TEST_ADDONS],
-                        addons=["test_orm"])
+    registry = Registry(
+        f"sqlite:///{tmp_path / 'busy.db'}", addons_path=[TEST_ADDONS], addons=["test_orm"]
+    )
     try:
         with registry.environment() as holder:
             holder["test.tag"].create({"name": "holds the write lock"})
@@ -208,8 +222,7 @@ def test_sqlite_locked_past_the_busy_timeout_is_unavailability(monkeypatch, tmp_
 
 
 @pytest.mark.postgres
-def test_a_dropped_connection_is_unavailability_and_the_next_unit_reconnects(make_registry,
-                                                                            pg_url):
+def test_a_dropped_connection_is_unavailability_and_the_next_unit_reconnects(make_registry, pg_url):
     registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"], url=pg_url)
     with (
         pytest.raises(DatabaseUnavailable, match="lost the database connection"),

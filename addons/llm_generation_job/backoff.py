@@ -12,8 +12,12 @@ import random
 MAX_DELAY_SECONDS = 6 * 3600
 
 
-def retry_delay(retry_count: int, base_minutes: float, retry_after: float | None = None,
-                rng: random.Random | None = None) -> float:
+def retry_delay(
+    retry_count: int,
+    base_minutes: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
     """Seconds to wait before retry number ``retry_count + 1``."""
     step = min(base_minutes * 60 * 2**retry_count, MAX_DELAY_SECONDS)
     delay = step / 2 + (rng or random).uniform(0, step / 2)

@@ -18,10 +18,19 @@ DEMO_PROVIDER = "demo-simulator"
 
 
 @click.command()
-@click.option("--jobs", "job_count", default=6, show_default=True,
-              help="How many more jobs to run through the queue after the streamed one.")
-@click.option("--token-delay", default=0.02, show_default=True,
-              help="Seconds between the simulated provider's tokens.")
+@click.option(
+    "--jobs",
+    "job_count",
+    default=6,
+    show_default=True,
+    help="How many more jobs to run through the queue after the streamed one.",
+)
+@click.option(
+    "--token-delay",
+    default=0.02,
+    show_default=True,
+    help="Seconds between the simulated provider's tokens.",
+)
 @click.pass_obj
 def demo(obj, job_count: int, token_delay: float):
     """Run a queued generation end to end with a simulated provider and show the queue."""
@@ -48,21 +57,34 @@ def _setup(registry, api_base: str) -> tuple[int, int]:
         if provider:
             provider.api_base = api_base  # the simulator's port changes from run to run
         else:
-            provider = providers.create({"name": DEMO_PROVIDER, "service": "openai",
-                                         "api_base": api_base, "api_key": "sk-demo"})
-        model = env["llm.model"].search([("provider_id", "=", provider.id)], limit=1) or \
-            env["llm.model"].create({"name": "sim-chat", "provider_id": provider.id,
-                                     "model_use": "chat", "default": True})
+            provider = providers.create(
+                {
+                    "name": DEMO_PROVIDER,
+                    "service": "openai",
+                    "api_base": api_base,
+                    "api_key": "sk-demo",
+                }
+            )
+        model = env["llm.model"].search([("provider_id", "=", provider.id)], limit=1) or env[
+            "llm.model"
+        ].create(
+            {"name": "sim-chat", "provider_id": provider.id, "model_use": "chat", "default": True}
+        )
         queue = env["llm.generation.queue"]._get_or_create_queue(provider.id)
         queue.write({"enabled": True, "max_concurrent_jobs": 3})
-        thread = env["llm.thread"].create({
-            "name": f"Demo {time.strftime('%H:%M:%S')}", "provider_id": provider.id,
-            "model_id": model.id,
-        })
-        click.secho(f"Database: {registry.engine.url.render_as_string(hide_password=True)}",
-                    dim=True)
-        click.secho(f"Provider '{provider.name}' -> {api_base} (simulated), queue limit 3",
-                    dim=True)
+        thread = env["llm.thread"].create(
+            {
+                "name": f"Demo {time.strftime('%H:%M:%S')}",
+                "provider_id": provider.id,
+                "model_id": model.id,
+            }
+        )
+        click.secho(
+            f"Database: {registry.engine.url.render_as_string(hide_password=True)}", dim=True
+        )
+        click.secho(
+            f"Provider '{provider.name}' -> {api_base} (simulated), queue limit 3", dim=True
+        )
         return thread.id, provider.id
 
 
@@ -91,12 +113,16 @@ def _run_batch(registry, provider_id: int, count: int) -> None:
         model_id = env["llm.model"].search([("provider_id", "=", provider_id)], limit=1).id
         job_ids = []
         for number in range(count):
-            thread = thread_model.create({"name": f"Batch {number + 1}",
-                                          "provider_id": provider_id, "model_id": model_id})
-            job = env["llm.generation.job"].create({
-                "thread_id": thread.id, "priority": number % 2,
-                "generation_inputs": {"prompt": f"Batch question {number + 1}"},
-            })
+            thread = thread_model.create(
+                {"name": f"Batch {number + 1}", "provider_id": provider_id, "model_id": model_id}
+            )
+            job = env["llm.generation.job"].create(
+                {
+                    "thread_id": thread.id,
+                    "priority": number % 2,
+                    "generation_inputs": {"prompt": f"Batch question {number + 1}"},
+                }
+            )
             job.action_queue()
             job_ids.append(job.id)
     click.secho(f"\nQueued {count} more jobs; the queue runs at most 3 at once.", bold=True)
@@ -112,8 +138,7 @@ def _run_batch(registry, provider_id: int, count: int) -> None:
         queue = env["llm.generation.queue"].search([("provider_id", "=", provider_id)])
         stats = queue.get_queue_stats()
     performance = stats["performance"]
-    click.secho(f"\nQueue '{stats['provider_name']}' — health: {stats['queue_health']}",
-                bold=True)
+    click.secho(f"\nQueue '{stats['provider_name']}' — health: {stats['queue_health']}", bold=True)
     counts = ", ".join(f"{n} {s}" for s, n in stats["job_counts"].items() if n)
     click.echo(f"  jobs:                {counts}")
     click.echo(f"  average wait:        {performance['avg_queue_time']:.2f} s")

@@ -104,9 +104,13 @@ class AttemptControl:
 
 
 # httpcore trace events whose return value is the connection's (TCP, then TLS) stream.
-_CONNECTED = frozenset({"connection.connect_tcp.complete",
-                        "connection.connect_unix_socket.complete",
-                        "connection.start_tls.complete"})
+_CONNECTED = frozenset(
+    {
+        "connection.connect_tcp.complete",
+        "connection.connect_unix_socket.complete",
+        "connection.start_tls.complete",
+    }
+)
 
 
 def _shut_down(connected: socket.socket) -> None:
@@ -122,7 +126,8 @@ class _Stopped(Exception):
 
 
 _CURRENT: contextvars.ContextVar[AttemptControl | None] = contextvars.ContextVar(
-    "llmjobs_attempt", default=None)
+    "llmjobs_attempt", default=None
+)
 
 
 def run_attempt(registry: Registry, lease: Lease, control: AttemptControl | None = None) -> str:
@@ -135,8 +140,11 @@ def run_attempt(registry: Registry, lease: Lease, control: AttemptControl | None
     try:
         return _start(registry, lease, control)
     except DatabaseUnavailable as error:
-        _logger.warning("Generation job %s could not start: %s; handing it back to its queue",
-                        lease.job_id, error.reason)
+        _logger.warning(
+            "Generation job %s could not start: %s; handing it back to its queue",
+            lease.job_id,
+            error.reason,
+        )
         return hand_back(registry, control, f"The worker lost the database ({error.reason}).")
     finally:
         _CURRENT.reset(token)
@@ -157,8 +165,15 @@ def _start(registry: Registry, lease: Lease, control: AttemptControl) -> str:
             message = f"The provider refused the job: {error}"
             retryable = getattr(error, "retryable", False)
             retry_after = getattr(error, "retry_after", None)
-            return persist(registry, control, lambda store: "failed" if store.fail(
-                lease, message, retryable=retryable, retry_after=retry_after) else "lost")
+            return persist(
+                registry,
+                control,
+                lambda store: (
+                    "failed"
+                    if store.fail(lease, message, retryable=retryable, retry_after=retry_after)
+                    else "lost"
+                ),
+            )
         if external_id is None:
             return control.outcome or "completed"
         return "submitted" if store.submit_external(lease, str(external_id)) else "lost"
@@ -176,12 +191,17 @@ def persist(registry: Registry, control: AttemptControl, unit: Callable[[JobStor
                 return unit(JobStore(env))
         except DatabaseUnavailable as error:
             if control.aborted == "shutdown" or time.monotonic() + delay > deadline:
-                _logger.warning("Generation job %s: %s; giving up: its lease will expire and "
-                                "the job will run again", control.lease.job_id, error.reason)
+                _logger.warning(
+                    "Generation job %s: %s; giving up: its lease will expire and "
+                    "the job will run again",
+                    control.lease.job_id,
+                    error.reason,
+                )
                 return "interrupted"
             if not warned:
-                _logger.warning("Generation job %s: %s; trying again", control.lease.job_id,
-                                error.reason)
+                _logger.warning(
+                    "Generation job %s: %s; trying again", control.lease.job_id, error.reason
+                )
                 warned = True
             time.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
@@ -190,8 +210,9 @@ def persist(registry: Registry, control: AttemptControl, unit: Callable[[JobStor
 def hand_back(registry: Registry, control: AttemptControl, reason: str) -> str:
     """Give the job back to its queue at once (not counted as a retry)."""
     lease = control.lease
-    return persist(registry, control,
-                   lambda store: "interrupted" if store.release(lease, reason) else "lost")
+    return persist(
+        registry, control, lambda store: "interrupted" if store.release(lease, reason) else "lost"
+    )
 
 
 def stream_job_in_worker(job) -> None:
@@ -218,21 +239,23 @@ def stream_job_in_worker(job) -> None:
     except _Stopped:
         control.outcome = reply.stop()
     except DatabaseUnavailable as error:
-        control.outcome = hand_back(registry, control,
-                                    f"The worker lost the database ({error.reason}).")
+        control.outcome = hand_back(
+            registry, control, f"The worker lost the database ({error.reason})."
+        )
     except (ProviderError, httpx.HTTPError, RuntimeError) as error:
         if control.aborted:  # we closed the connection ourselves (cancel, lease, shutdown)
             control.outcome = reply.stop()
         elif isinstance(error, ProviderError):
-            control.outcome = reply.fail(str(error), retryable=error.retryable,
-                                         retry_after=error.retry_after)
+            control.outcome = reply.fail(
+                str(error), retryable=error.retryable, retry_after=error.retry_after
+            )
         else:
             control.outcome = reply.fail(
-                f"Connection to the provider failed: {type(error).__name__}", retryable=True)
+                f"Connection to the provider failed: {type(error).__name__}", retryable=True
+            )
     except Exception as error:
         _logger.exception("Generation job %s failed unexpectedly", job.id)
-        control.outcome = reply.fail(f"Unexpected error in the worker: {error}",
-                                     retryable=False)
+        control.outcome = reply.fail(f"Unexpected error in the worker: {error}", retryable=False)
     else:
         control.outcome = reply.stop() if control.aborted else reply.complete()
 
@@ -255,17 +278,26 @@ def _request(job, reply) -> dict[str, Any]:
     }
 
 
-def _stream(registry: Registry, request: dict[str, Any], reply: _Reply,
-            control: AttemptControl) -> None:
+def _stream(
+    registry: Registry, request: dict[str, Any], reply: _Reply, control: AttemptControl
+) -> None:
     # A client per attempt, so that aborting it closes only this stream; they share one TLS
     # context (loading the CA bundle costs ~25 ms, more than a loopback generation).
-    with httpx.Client(timeout=request["timeout"], verify=_tls_context(),
-                      event_hooks={"request": [control.trace_request]}) as client:
+    with httpx.Client(
+        timeout=request["timeout"],
+        verify=_tls_context(),
+        event_hooks={"request": [control.trace_request]},
+    ) as client:
         control.attach(client)
         with registry.environment(readonly=True) as env:
             provider = env["llm.provider"].browse(request["provider_id"])
-            stream = provider.chat(request["messages"], model=request["model"], stream=True,
-                                   http_client=client, **request["options"])
+            stream = provider.chat(
+                request["messages"],
+                model=request["model"],
+                stream=True,
+                http_client=client,
+                **request["options"],
+            )
             env.cr.commit()  # the stream holds no connection (a later read takes one again)
             try:
                 for event in stream:
@@ -319,33 +351,53 @@ class _Reply:
                 held = JobStore(env).save_progress(self.lease, self.text)
         except DatabaseUnavailable as error:
             if self._outage is None:
-                _logger.warning("Generation job %s: %s; streaming on, saving the reply when "
-                                "the database is back", self.lease.job_id, error.reason)
+                _logger.warning(
+                    "Generation job %s: %s; streaming on, saving the reply when "
+                    "the database is back",
+                    self.lease.job_id,
+                    error.reason,
+                )
             self._outage = error.reason
             return
         if not held:
             raise _Stopped
         if self._outage is not None:
-            _logger.warning("Generation job %s: the database is back; reply saved",
-                            self.lease.job_id)
+            _logger.warning(
+                "Generation job %s: the database is back; reply saved", self.lease.job_id
+            )
             self._outage = None
         self.saved = len(self.parts)
 
     def complete(self) -> str:
         values: dict[str, Any] = {"body": self.text, "state": "done"}
         if self.usage is not None:
-            values.update(prompt_tokens=self.usage.prompt_tokens or 0,
-                          completion_tokens=self.usage.completion_tokens or 0)
+            values.update(
+                prompt_tokens=self.usage.prompt_tokens or 0,
+                completion_tokens=self.usage.completion_tokens or 0,
+            )
         if self.finish is not None:
-            values.update(finish_reason=self.finish.reason or False,
-                          provider_metadata=self.finish.metadata or False)
-        return persist(self.registry, self.control, lambda store: "completed"
-                       if store.complete(self.lease, values) else "lost")
+            values.update(
+                finish_reason=self.finish.reason or False,
+                provider_metadata=self.finish.metadata or False,
+            )
+        return persist(
+            self.registry,
+            self.control,
+            lambda store: "completed" if store.complete(self.lease, values) else "lost",
+        )
 
     def fail(self, error: str, *, retryable: bool, retry_after: float | None = None) -> str:
-        return persist(self.registry, self.control, lambda store: "failed" if store.fail(
-            self.lease, error, retryable=retryable, retry_after=retry_after, text=self.text)
-            else "lost")
+        return persist(
+            self.registry,
+            self.control,
+            lambda store: (
+                "failed"
+                if store.fail(
+                    self.lease, error, retryable=retryable, retry_after=retry_after, text=self.text
+                )
+                else "lost"
+            ),
+        )
 
     def stop(self) -> str:
         """The attempt was aborted: record a requested cancellation; on a shutdown hand the

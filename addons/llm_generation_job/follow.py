@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 
 POLL_INTERVAL = {"postgresql": 1.0, "sqlite": 0.2}
 STATUS_TEXT = {"running": "Generating the reply...", "queued": "Queued (position {position})"}
-NO_WORKER_TEXT = ("Queued (position {position}); no worker is running for this queue: start "
-                  "one with `llmjobs worker`")
+NO_WORKER_TEXT = (
+    "Queued (position {position}); no worker is running for this queue: start "
+    "one with `llmjobs worker`"
+)
 
 
 def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
@@ -54,8 +56,11 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
             job = watch["llm.generation.job"].browse(job_id)
             state = job.state
             position = job._queue_position() if state == "queued" else None
-            workers = watch["llm.generation.worker"].live_count(job.provider_id.id) \
-                if state == "queued" else None
+            workers = (
+                watch["llm.generation.worker"].live_count(job.provider_id.id)
+                if state == "queued"
+                else None
+            )
             message = job.output_message_id
             message_data = updates.message_payload(message) if message else None
             body = message.body or "" if message else ""
@@ -64,8 +69,13 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
         status = (state, position, bool(workers))
         if status != last_status and state in ("queued", "running"):
             text = NO_WORKER_TEXT if state == "queued" and not workers else STATUS_TEXT[state]
-            update = {"type": "job_status", "job_id": job_id, "state": state,
-                      "position": position, "message": text.format(position=position)}
+            update = {
+                "type": "job_status",
+                "job_id": job_id,
+                "state": state,
+                "position": position,
+                "message": text.format(position=position),
+            }
             if state == "queued":
                 update["workers"] = workers
             yield update
@@ -74,7 +84,7 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
             yield updates.message_create(message_data)
             announced = True
         if body.startswith(sent) and len(body) > len(sent):
-            yield updates.message_chunk(message_data, body[len(sent):])
+            yield updates.message_chunk(message_data, body[len(sent) :])
             sent = body
         elif not body.startswith(sent):  # a new attempt restarted the reply
             sent = body
@@ -86,8 +96,11 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
         if state == "failed":
             if message_data:
                 yield updates.message_update(message_data)
-            yield updates.error(error or "The generation failed.", job_id=job_id,
-                                retry_at=retry_at.isoformat() if retry_at else None)
+            yield updates.error(
+                error or "The generation failed.",
+                job_id=job_id,
+                retry_at=retry_at.isoformat() if retry_at else None,
+            )
             return
         if state == "cancelled":
             if message_data:
@@ -97,8 +110,14 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
         notifier.wait(PROGRESS, job_id, since, poll)
 
 
-def wait_finished(registry: Registry, job_ids: list[int], *, timeout: float, poll: float = 0.2,
-                  on_poll: Callable[[list[str]], None] | None = None) -> None:
+def wait_finished(
+    registry: Registry,
+    job_ids: list[int],
+    *,
+    timeout: float,
+    poll: float = 0.2,
+    on_poll: Callable[[list[str]], None] | None = None,
+) -> None:
     """Wait until none of the jobs is queued or running (TimeoutError after ``timeout``
     seconds); ``on_poll(states)`` sees the jobs' states at each look."""
     from .store import ACTIVE_STATES

@@ -54,8 +54,13 @@ def worker_name() -> str:
 class JobRunner:
     name = "generation-jobs"
 
-    def __init__(self, registry: Registry, concurrency: int = 8, poll_interval: float = 2.0,
-                 queues: list[str] | None = None):
+    def __init__(
+        self,
+        registry: Registry,
+        concurrency: int = 8,
+        poll_interval: float = 2.0,
+        queues: list[str] | None = None,
+    ):
         """``queues``: the names of the providers whose queues it serves (None: all)."""
         self.registry = registry
         self.concurrency = concurrency
@@ -77,14 +82,19 @@ class JobRunner:
     def start(self) -> None:
         with self.registry.environment() as env:
             self._provider_ids = self._resolve_queues(env)
-            self._worker_id = env["llm.generation.worker"].register(
-                self.concurrency, self._provider_ids, BEAT_SECONDS).id
+            self._worker_id = (
+                env["llm.generation.worker"]
+                .register(self.concurrency, self._provider_ids, BEAT_SECONDS)
+                .id
+            )
         self.notifier.listen(*CHANNELS)
         _ACTIVE[id(self.registry)] = self
-        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="llmjobs-dispatch",
-                                            daemon=True)
-        self._heartbeat = threading.Thread(target=self._heartbeat_loop,
-                                           name="llmjobs-heartbeat", daemon=True)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="llmjobs-dispatch", daemon=True
+        )
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="llmjobs-heartbeat", daemon=True
+        )
         self._dispatcher.start()
         self._heartbeat.start()
 
@@ -96,8 +106,10 @@ class JobRunner:
         if missing:
             from core import RegistryError
 
-            raise RegistryError(f"The worker's queues name unknown providers: "
-                                f"{', '.join(missing)} (LLMJOBS_WORKER_QUEUES).")
+            raise RegistryError(
+                f"The worker's queues name unknown providers: "
+                f"{', '.join(missing)} (LLMJOBS_WORKER_QUEUES)."
+            )
         return providers.ids
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -127,8 +139,11 @@ class JobRunner:
             with self.registry.environment() as env:
                 env["llm.generation.worker"].browse(self._worker_id).mark_stopped()
         except DatabaseUnavailable as error:
-            _logger.warning("Could not record the worker's stop (%s); it will read as dead "
-                            "once its beats are missed", error.reason)
+            _logger.warning(
+                "Could not record the worker's stop (%s); it will read as dead "
+                "once its beats are missed",
+                error.reason,
+            )
 
     # -- slots -------------------------------------------------------------------------------
     def _running(self) -> int:
@@ -156,9 +171,11 @@ class JobRunner:
         except Exception as error:
             _logger.exception("The attempt of generation job %s crashed", lease.job_id)
             message = f"The worker's attempt crashed ({type(error).__name__}); see its log."
-            persist(self.registry, control,
-                    lambda store: "failed" if store.fail(lease, message, retryable=True)
-                    else "lost")
+            persist(
+                self.registry,
+                control,
+                lambda store: "failed" if store.fail(lease, message, retryable=True) else "lost",
+            )
         finally:
             with self._lock:
                 self._controls.pop(lease, None)
@@ -172,8 +189,7 @@ class JobRunner:
             try:
                 if time.monotonic() >= maintenance_due:
                     self._maintenance()
-                    maintenance_due = time.monotonic() + min(LEASE_SECONDS / 3,
-                                                             self.poll_interval)
+                    maintenance_due = time.monotonic() + min(LEASE_SECONDS / 3, self.poll_interval)
                 self._claim()
                 self._database_back("dispatcher")
             except DatabaseUnavailable as error:
@@ -227,8 +243,7 @@ class JobRunner:
             controls = {lease: c for lease, c in self._controls.items() if not c.aborted}
         with self.registry.environment() as env:
             held = set(JobStore(env).renew(list(controls)))
-            env["llm.generation.worker"].browse(self._worker_id).beat(len(controls),
-                                                                      BEAT_SECONDS)
+            env["llm.generation.worker"].browse(self._worker_id).beat(len(controls), BEAT_SECONDS)
         for lease, control in controls.items():
             if lease not in held:
                 control.abort("fenced")
@@ -236,8 +251,9 @@ class JobRunner:
     # -- outages -----------------------------------------------------------------------------
     def _database_away(self, part: str, error: DatabaseUnavailable) -> None:
         if part not in self._outage:
-            _logger.warning("The worker's %s cannot reach the database (%s); retrying",
-                            part, error.reason)
+            _logger.warning(
+                "The worker's %s cannot reach the database (%s); retrying", part, error.reason
+            )
         self._outage[part] = error.reason
 
     def _database_back(self, part: str) -> None:

@@ -55,19 +55,42 @@ ACTIVE_STATES = ("queued", "running")
 FINISHED_STATES = ("completed", "failed", "cancelled")
 CLAIM_ORDER = "priority desc, queued_at, id"
 # The fields only the store writes: the state machine, the lease, timings, counters, outcome.
-STORE_FIELDS = frozenset({
-    "state", "queued_at", "started_at", "completed_at", "retry_count", "next_retry_at",
-    "error_message", "error_kind", "external_job_id", "provider_data", "output_message_id",
-    "attempt_ids", "lease_token", "lease_expires_at", "cancel_requested",
-})
+STORE_FIELDS = frozenset(
+    {
+        "state",
+        "queued_at",
+        "started_at",
+        "completed_at",
+        "retry_count",
+        "next_retry_at",
+        "error_message",
+        "error_kind",
+        "external_job_id",
+        "provider_data",
+        "output_message_id",
+        "attempt_ids",
+        "lease_token",
+        "lease_expires_at",
+        "cancel_requested",
+    }
+)
 # A job waiting for its automatic retry: it still belongs to its thread.
-RETRY_PENDING = [("state", "=", "failed"), ("error_kind", "=", "retryable"),
-                 ("next_retry_at", "!=", False)]
+RETRY_PENDING = [
+    ("state", "=", "failed"),
+    ("error_kind", "=", "retryable"),
+    ("next_retry_at", "!=", False),
+]
 # Jobs that keep their thread busy: queued, running, or failed with a retry to come.
 BUSY = ["|", ("state", "in", list(ACTIVE_STATES)), "&", "&", *RETRY_PENDING]
 _CLEARED_LEASE = {"lease_token": False, "lease_expires_at": False}
-_PAST = {"queue": "queued", "start": "started", "cancel": "cancelled", "complete": "completed",
-         "fail": "failed", "retry": "retried"}
+_PAST = {
+    "queue": "queued",
+    "start": "started",
+    "cancel": "cancelled",
+    "complete": "completed",
+    "fail": "failed",
+    "retry": "retried",
+}
 LOST = "The worker stopped renewing its lease (it died, froze or lost the database)."
 
 
@@ -109,8 +132,9 @@ class JobStore:
         """Renew ``lease`` if it still owns its job; the job (its row now locked by the
         write until the transaction ends), or an empty recordset when the lease was lost."""
         job = self.jobs.browse(lease.job_id)
-        return job.write_where(self._held(lease, cancelled_ok=cancelled_ok),
-                               {"lease_expires_at": _expiry(_now())})
+        return job.write_where(
+            self._held(lease, cancelled_ok=cancelled_ok), {"lease_expires_at": _expiry(_now())}
+        )
 
     @staticmethod
     def _leases_domain(leases: Sequence[Lease]) -> list:
@@ -118,8 +142,9 @@ class JobStore:
         by_token: dict[str, list[int]] = {}
         for lease in leases:
             by_token.setdefault(lease.token, []).append(lease.job_id)
-        terms = [["&", ("lease_token", "=", token), ("id", "in", ids)]
-                 for token, ids in by_token.items()]
+        terms = [
+            ["&", ("lease_token", "=", token), ("id", "in", ids)] for token, ids in by_token.items()
+        ]
         return ["|"] * (len(terms) - 1) + [token for term in terms for token in term]
 
     def _signal(self, channel: str, payloads: Iterable[int]) -> None:
@@ -131,23 +156,31 @@ class JobStore:
         """draft -> queued: a worker picks it up at once."""
         job = self.jobs.browse(job.id)
         self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
-        queued = job.write_where([("state", "=", "draft")],
-                                 {"state": "queued", "queued_at": _now(), "next_retry_at": False})
+        queued = job.write_where(
+            [("state", "=", "draft")],
+            {"state": "queued", "queued_at": _now(), "next_retry_at": False},
+        )
         if not queued:
             raise self._refusal(job, "queue", ("draft",))
         self._signal(QUEUED, [job.provider_id.id])
         self._signal(PROGRESS, [job.id])
 
-    def claim(self, provider_id: int, worker: str, limit: int | None = None,
-              job_ids: Sequence[int] | None = None) -> list[Lease]:
+    def claim(
+        self,
+        provider_id: int,
+        worker: str,
+        limit: int | None = None,
+        job_ids: Sequence[int] | None = None,
+    ) -> list[Lease]:
         """Start as many queued jobs of the provider as its queue allows (at most ``limit``;
         among ``job_ids`` when given): each gets a lease and a new attempt row."""
         queue = self.env[QUEUE].search([("provider_id", "=", provider_id)], limit=1)
         queue = queue.lock_for_update()
         if not queue or not queue.enabled:
             return []
-        running = self.jobs.search_count([("provider_id", "=", provider_id),
-                                          ("state", "=", "running")])
+        running = self.jobs.search_count(
+            [("provider_id", "=", provider_id), ("state", "=", "running")]
+        )
         free = queue.max_concurrent_jobs - running
         if limit is not None:
             free = min(free, limit)
@@ -158,23 +191,41 @@ class JobStore:
             domain.append(("id", "in", list(job_ids)))
         candidates = self.jobs.search(domain, order=CLAIM_ORDER, limit=free)
         now, token = _now(), secrets.token_hex(16)
-        claimed = candidates.write_where([("state", "=", "queued")], {
-            "state": "running", "started_at": now, "completed_at": False,
-            "lease_token": token, "lease_expires_at": _expiry(now), "cancel_requested": False,
-        })
+        claimed = candidates.write_where(
+            [("state", "=", "queued")],
+            {
+                "state": "running",
+                "started_at": now,
+                "completed_at": False,
+                "lease_token": token,
+                "lease_expires_at": _expiry(now),
+                "cancel_requested": False,
+            },
+        )
         if not claimed:
             return []
-        counts = {group["job_id"]: group["__count"] for group in self.env[ATTEMPT].read_group(
-            [("job_id", "in", claimed.ids)], ["job_id"], ["__count"])}
-        attempts = self.env[ATTEMPT].create([
-            {"job_id": job.id, "number": counts.get(job.id, 0) + 1, "worker": worker,
-             "started_at": now}
-            for job in claimed
-        ])
+        counts = {
+            group["job_id"]: group["__count"]
+            for group in self.env[ATTEMPT].read_group(
+                [("job_id", "in", claimed.ids)], ["job_id"], ["__count"]
+            )
+        }
+        attempts = self.env[ATTEMPT].create(
+            [
+                {
+                    "job_id": job.id,
+                    "number": counts.get(job.id, 0) + 1,
+                    "worker": worker,
+                    "started_at": now,
+                }
+                for job in claimed
+            ]
+        )
         queue.write({"last_processed_at": now})
         self._signal(PROGRESS, claimed.ids)
-        return [Lease(job.id, token, attempt.id)
-                for job, attempt in zip(claimed, attempts, strict=True)]
+        return [
+            Lease(job.id, token, attempt.id) for job, attempt in zip(claimed, attempts, strict=True)
+        ]
 
     # -- attempts ------------------------------------------------------------------------------
     def renew(self, leases: Sequence[Lease]) -> list[Lease]:
@@ -184,9 +235,13 @@ class JobStore:
             return []
         jobs = self.jobs.browse(sorted({lease.job_id for lease in leases}))
         renewed = jobs.write_where(
-            [*self._leases_domain(leases), ("state", "=", "running"),
-             ("cancel_requested", "=", False)],
-            {"lease_expires_at": _expiry(_now())})
+            [
+                *self._leases_domain(leases),
+                ("state", "=", "running"),
+                ("cancel_requested", "=", False),
+            ],
+            {"lease_expires_at": _expiry(_now())},
+        )
         held = set(renewed.ids)
         return [lease for lease in leases if lease.job_id in held]
 
@@ -226,10 +281,17 @@ class JobStore:
         stop."""
         job = self.jobs.browse(lease.job_id)
         now = _now()
-        done = job.write_where(self._held(lease, cancelled_ok=True), {
-            "state": "completed", "completed_at": now, **_CLEARED_LEASE,
-            "error_message": False, "error_kind": False, "next_retry_at": False,
-        })
+        done = job.write_where(
+            self._held(lease, cancelled_ok=True),
+            {
+                "state": "completed",
+                "completed_at": now,
+                **_CLEARED_LEASE,
+                "error_message": False,
+                "error_kind": False,
+                "next_retry_at": False,
+            },
+        )
         if not done:
             return False
         job.output_message_id.write(message_values)
@@ -237,8 +299,15 @@ class JobStore:
         self._signal(PROGRESS, [job.id])
         return True
 
-    def fail(self, lease: Lease, error: str, *, retryable: bool,
-             retry_after: float | None = None, text: str | None = None) -> bool:
+    def fail(
+        self,
+        lease: Lease,
+        error: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        text: str | None = None,
+    ) -> bool:
         """The attempt failed: a retry is scheduled when the error is retryable and retries
         are left, else the job fails for good; a requested cancellation wins. ``text``: the
         partial reply, kept and marked with the error. False when the lease was lost."""
@@ -249,8 +318,14 @@ class JobStore:
             return self.finish_cancelled(lease, text)
         if text is not None and job.output_message_id:
             job.output_message_id.write({"body": text})
-        self._fail(job, self._held(lease, cancelled_ok=True), error, retryable=retryable,
-                   retry_after=retry_after, attempt_id=lease.attempt_id)
+        self._fail(
+            job,
+            self._held(lease, cancelled_ok=True),
+            error,
+            retryable=retryable,
+            retry_after=retry_after,
+            attempt_id=lease.attempt_id,
+        )
         return True
 
     def finish_cancelled(self, lease: Lease, text: str | None = None) -> bool:
@@ -258,8 +333,13 @@ class JobStore:
         reply kept, marked cancelled. False when the lease was lost or no cancel requested."""
         job = self.jobs.browse(lease.job_id)
         condition = [*self._held(lease, cancelled_ok=True), ("cancel_requested", "=", True)]
-        if not self._close(job, condition, "cancelled", error="Cancelled while running.",
-                           attempt_id=lease.attempt_id):
+        if not self._close(
+            job,
+            condition,
+            "cancelled",
+            error="Cancelled while running.",
+            attempt_id=lease.attempt_id,
+        ):
             return False
         if text is not None and job.output_message_id:
             job.output_message_id.write({"body": text})
@@ -274,10 +354,11 @@ class JobStore:
             return False
         if job.cancel_requested:
             return self.finish_cancelled(lease)
-        job.write_where(self._held(lease, cancelled_ok=True),
-                        {"state": "queued", "started_at": False, **_CLEARED_LEASE})
-        self._close_attempts(job, "interrupted", _now(), error=reason,
-                             attempt_id=lease.attempt_id)
+        job.write_where(
+            self._held(lease, cancelled_ok=True),
+            {"state": "queued", "started_at": False, **_CLEARED_LEASE},
+        )
+        self._close_attempts(job, "interrupted", _now(), error=reason, attempt_id=lease.attempt_id)
         self._signal(QUEUED, [job.provider_id.id])
         self._signal(PROGRESS, [job.id])
         return True
@@ -288,8 +369,9 @@ class JobStore:
         job = self._hold(lease, cancelled_ok=True)
         if not job:
             return False
-        job.write_where(self._held(lease, cancelled_ok=True),
-                        {"external_job_id": external_id, **_CLEARED_LEASE})
+        job.write_where(
+            self._held(lease, cancelled_ok=True), {"external_job_id": external_id, **_CLEARED_LEASE}
+        )
         if job.cancel_requested:  # asked while the job was being submitted
             self._cancel_external(job)
         self._signal(PROGRESS, [job.id])
@@ -301,26 +383,48 @@ class JobStore:
         its old place in line, or fail it when out of retries (cancel it when that was
         asked). Returns how many were taken back."""
         now = _now()
-        expired = self.jobs.search([("state", "=", "running"), ("lease_token", "!=", False),
-                                    ("lease_expires_at", "<", now)])
+        expired = self.jobs.search(
+            [
+                ("state", "=", "running"),
+                ("lease_token", "!=", False),
+                ("lease_expires_at", "<", now),
+            ]
+        )
         taken = 0
         for job in expired.lock_for_update(skip_locked=True):
             if job.state != "running" or not job.lease_token or job.lease_expires_at >= now:
                 continue  # renewed or finished since the search
             condition = [("state", "=", "running"), ("lease_token", "=", job.lease_token)]
             if job.cancel_requested:
-                self._close(job, condition, "cancelled", attempt_outcome="lost",
-                            error="Cancelled while running (its worker was gone).")
+                self._close(
+                    job,
+                    condition,
+                    "cancelled",
+                    attempt_outcome="lost",
+                    error="Cancelled while running (its worker was gone).",
+                )
             elif job.retry_count < job.max_retries:
-                job.write_where(condition, {"state": "queued", "started_at": False,
-                                            "retry_count": job.retry_count + 1,
-                                            **_CLEARED_LEASE})
+                job.write_where(
+                    condition,
+                    {
+                        "state": "queued",
+                        "started_at": False,
+                        "retry_count": job.retry_count + 1,
+                        **_CLEARED_LEASE,
+                    },
+                )
                 self._close_attempts(job, "lost", now, error=LOST)
                 self._signal(QUEUED, [job.provider_id.id])
                 self._signal(PROGRESS, [job.id])
             else:
-                self._close(job, condition, "failed", error=f"{LOST} No retries left.",
-                            error_kind="retryable", attempt_outcome="lost")
+                self._close(
+                    job,
+                    condition,
+                    "failed",
+                    error=f"{LOST} No retries left.",
+                    error_kind="retryable",
+                    attempt_outcome="lost",
+                )
             taken += 1
         return taken
 
@@ -328,8 +432,9 @@ class JobStore:
         """Requeue the failed jobs whose automatic retry is due (their queue still retrying
         automatically; otherwise the pending retry is dropped). Returns how many."""
         now = _now()
-        due = self.jobs.search([*RETRY_PENDING, ("next_retry_at", "<=", now)],
-                               order="next_retry_at")
+        due = self.jobs.search(
+            [*RETRY_PENDING, ("next_retry_at", "<=", now)], order="next_retry_at"
+        )
         retried = 0
         queues = self.env[QUEUE]
         for job in due.lock_for_update(skip_locked=True):
@@ -345,11 +450,13 @@ class JobStore:
         """failed -> queued, as a new attempt, when retries are left."""
         job = self.jobs.browse(job.id).lock_for_update()
         if job.state != "failed" or job.retry_count >= job.max_retries:
-            reason = (f"it is {job.state}" if job.state != "failed"
-                      else f"it used its {job.max_retries} retries")
+            reason = (
+                f"it is {job.state}"
+                if job.state != "failed"
+                else f"it used its {job.max_retries} retries"
+            )
             raise UserError(f"Cannot retry generation job {job.id}: {reason}.")
-        self._requeue_failed(job, [("state", "=", "failed"),
-                                   ("retry_count", "=", job.retry_count)])
+        self._requeue_failed(job, [("state", "=", "failed"), ("retry_count", "=", job.retry_count)])
 
     def cancel(self, job, reason: str | None = None) -> None:
         """Cancel a queued job, a failed one waiting for its retry, or a running one: a
@@ -358,21 +465,29 @@ class JobStore:
         message recorded for a job that had not started."""
         job = self.jobs.browse(job.id).lock_for_update()
         if job.state == "queued":
-            self._close(job, [("state", "=", "queued")], "cancelled",
-                        error=reason or "Cancelled before it started.")
+            self._close(
+                job,
+                [("state", "=", "queued")],
+                "cancelled",
+                error=reason or "Cancelled before it started.",
+            )
         elif job.state == "failed" and job.next_retry_at and job.error_kind == "retryable":
-            self._close(job, RETRY_PENDING, "cancelled",
-                        error=reason or "Cancelled before its retry.")
+            self._close(
+                job, RETRY_PENDING, "cancelled", error=reason or "Cancelled before its retry."
+            )
         elif job.state == "running" and job.lease_token:
-            job.write_where([("state", "=", "running"), ("lease_token", "=", job.lease_token)],
-                            {"cancel_requested": True})
+            job.write_where(
+                [("state", "=", "running"), ("lease_token", "=", job.lease_token)],
+                {"cancel_requested": True},
+            )
             self._signal(CANCEL, [job.id])
         elif job.state == "running":
             self._cancel_external(job)
         else:
             raise UserError(
                 f"Cannot cancel generation job {job.id}: it is {job.state}; only queued or "
-                "running jobs, or failed ones waiting for their retry, can be cancelled.")
+                "running jobs, or failed ones waiting for their retry, can be cancelled."
+            )
 
     def start(self, job, worker: str) -> Lease:
         """Claim this queued job now (within its queue's limit)."""
@@ -383,7 +498,8 @@ class JobStore:
         if not leases:
             raise UserError(
                 f"Job {job.id} cannot start now: its queue is paused or at its concurrency "
-                "limit, or another worker took it.")
+                "limit, or another worker took it."
+            )
         return leases[0]
 
     def complete_job(self, job, output_message_id: int | None = None) -> None:
@@ -392,16 +508,16 @@ class JobStore:
         job = self.jobs.browse(job.id).lock_for_update()
         if job.state != "running":
             raise self._refusal(job, "complete", ("running",))
-        self._close(job, [("state", "=", "running")], "completed",
-                    output_message_id=output_message_id)
+        self._close(
+            job, [("state", "=", "running")], "completed", output_message_id=output_message_id
+        )
 
     def fail_job(self, job, error: str) -> None:
         """Fail a queued or running job for good, by hand (a manager)."""
         job = self.jobs.browse(job.id).lock_for_update()
         if job.state not in ACTIVE_STATES:
             raise self._refusal(job, "fail", ACTIVE_STATES)
-        self._close(job, [("state", "=", job.state)], "failed", error=error,
-                    error_kind="permanent")
+        self._close(job, [("state", "=", job.state)], "failed", error=error, error_kind="permanent")
 
     # -- provider-side jobs --------------------------------------------------------------------
     def check_external(self, job) -> dict | None:
@@ -418,12 +534,19 @@ class JobStore:
     def fail_stalled_external(self, job, timeout: dt.timedelta) -> bool:
         """Fail (retryably) a provider-side job running for longer than ``timeout``."""
         job = self.jobs.browse(job.id).lock_for_update()
-        if job.state != "running" or not job.external_job_id or not job.started_at or \
-                job.started_at >= _now() - timeout:
+        if (
+            job.state != "running"
+            or not job.external_job_id
+            or not job.started_at
+            or job.started_at >= _now() - timeout
+        ):
             return False
-        self._fail(job, [("state", "=", "running"), ("external_job_id", "=",
-                                                     job.external_job_id)],
-                   f"No result from the provider after {timeout}.", retryable=True)
+        self._fail(
+            job,
+            [("state", "=", "running"), ("external_job_id", "=", job.external_job_id)],
+            f"No result from the provider after {timeout}.",
+            retryable=True,
+        )
         return True
 
     def _apply_external(self, job, status: dict) -> None:
@@ -432,12 +555,16 @@ class JobStore:
             job.write_where(condition, {"provider_data": status["provider_data"]})
         state = status.get("state")
         if state == "completed":
-            self._close(job, condition, "completed",
-                        output_message_id=status.get("output_message_id"))
+            self._close(
+                job, condition, "completed", output_message_id=status.get("output_message_id")
+            )
         elif state == "failed":
-            self._fail(job, condition,
-                       status.get("error_message") or "The provider reported a failure.",
-                       retryable=bool(status.get("retryable")))
+            self._fail(
+                job,
+                condition,
+                status.get("error_message") or "The provider reported a failure.",
+                retryable=bool(status.get("retryable")),
+            )
         # "running" or "queued": the provider still has it.
 
     def _cancel_external(self, job) -> None:
@@ -448,8 +575,12 @@ class JobStore:
                 job.provider_id.cancel_generation_job(job)
             except Exception as error:  # the provider's side is best effort; ours is not
                 _logger.warning("The provider could not cancel job %s: %s", job.id, error)
-        self._close(job, [("state", "=", "running"), ("lease_token", "=", False)],
-                    "cancelled", error="Cancelled while running.")
+        self._close(
+            job,
+            [("state", "=", "running"), ("lease_token", "=", False)],
+            "cancelled",
+            error="Cancelled while running.",
+        )
 
     # -- thread ------------------------------------------------------------------------------
     def busy_job(self, thread_id: int):
@@ -457,63 +588,109 @@ class JobStore:
         return self.jobs.search([("thread_id", "=", thread_id), *BUSY], limit=1)
 
     # -- shared steps --------------------------------------------------------------------------
-    def _fail(self, job, condition: list, error: str, *, retryable: bool,
-              retry_after: float | None = None, attempt_id: int | None = None) -> None:
+    def _fail(
+        self,
+        job,
+        condition: list,
+        error: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        attempt_id: int | None = None,
+    ) -> None:
         queue = self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
         retry_at = False
         if retryable and job.retry_count < job.max_retries and queue.auto_retry_failed:
             delay = backoff.retry_delay(job.retry_count, queue.retry_delay_minutes, retry_after)
             retry_at = _now() + dt.timedelta(seconds=delay)
-        self._close(job, condition, "failed", error=error,
-                    error_kind="retryable" if retryable else "permanent",
-                    next_retry_at=retry_at, attempt_id=attempt_id)
+        self._close(
+            job,
+            condition,
+            "failed",
+            error=error,
+            error_kind="retryable" if retryable else "permanent",
+            next_retry_at=retry_at,
+            attempt_id=attempt_id,
+        )
 
     def _requeue_failed(self, job, condition: list) -> bool:
-        requeued = job.write_where(condition, {
-            "state": "queued", "retry_count": job.retry_count + 1, "queued_at": _now(),
-            "started_at": False, "completed_at": False, "error_message": False,
-            "error_kind": False, "external_job_id": False, "next_retry_at": False,
-            "cancel_requested": False,
-        })
+        requeued = job.write_where(
+            condition,
+            {
+                "state": "queued",
+                "retry_count": job.retry_count + 1,
+                "queued_at": _now(),
+                "started_at": False,
+                "completed_at": False,
+                "error_message": False,
+                "error_kind": False,
+                "external_job_id": False,
+                "next_retry_at": False,
+                "cancel_requested": False,
+            },
+        )
         if requeued:
             self._signal(QUEUED, [job.provider_id.id])
             self._signal(PROGRESS, [job.id])
         return bool(requeued)
 
-    def _close(self, job, condition: list, state: str, *, error: str | None = None,
-               error_kind: str | None = None, output_message_id: int | None = None,
-               next_retry_at: Any = False, attempt_outcome: str | None = None,
-               attempt_id: int | None = None) -> bool:
+    def _close(
+        self,
+        job,
+        condition: list,
+        state: str,
+        *,
+        error: str | None = None,
+        error_kind: str | None = None,
+        output_message_id: int | None = None,
+        next_retry_at: Any = False,
+        attempt_outcome: str | None = None,
+        attempt_id: int | None = None,
+    ) -> bool:
         """End the job in ``state`` (where ``condition`` still holds), with its attempt and
         its reply; False when the condition no longer held."""
         now = _now()
-        values: dict[str, Any] = {"state": state, "completed_at": now, **_CLEARED_LEASE,
-                                  "next_retry_at": next_retry_at}
+        values: dict[str, Any] = {
+            "state": state,
+            "completed_at": now,
+            **_CLEARED_LEASE,
+            "next_retry_at": next_retry_at,
+        }
         if error is not None:
             values.update(error_message=error, error_kind=error_kind or False)
         if output_message_id:
             values["output_message_id"] = output_message_id
         if not job.write_where(condition, values):
             return False
-        self._close_attempts(job, attempt_outcome or state, now, error=error,
-                             attempt_id=attempt_id)
+        self._close_attempts(job, attempt_outcome or state, now, error=error, attempt_id=attempt_id)
         message = job.output_message_id
         if message and state in ("failed", "cancelled") and message.state != "done":
-            message.write({"state": "cancelled" if state == "cancelled" else "error",
-                           "error": error or False})
+            message.write(
+                {"state": "cancelled" if state == "cancelled" else "error", "error": error or False}
+            )
         self._signal(PROGRESS, [job.id])
         return True
 
-    def _close_attempts(self, job, outcome: str, now: dt.datetime, *,
-                        error: str | None = None, attempt_id: int | None = None) -> None:
+    def _close_attempts(
+        self,
+        job,
+        outcome: str,
+        now: dt.datetime,
+        *,
+        error: str | None = None,
+        attempt_id: int | None = None,
+    ) -> None:
         """End the job's running attempt (``attempt_id``, else whichever is running)."""
         domain = [("id", "=", attempt_id)] if attempt_id else [("job_id", "=", job.id)]
         attempts = self.env[ATTEMPT].search([*domain, ("outcome", "=", "running")])
-        attempts.write_where([("outcome", "=", "running")], {
-            "outcome": outcome, "ended_at": now, "error_message": error or False})
+        attempts.write_where(
+            [("outcome", "=", "running")],
+            {"outcome": outcome, "ended_at": now, "error_message": error or False},
+        )
 
     def _refusal(self, job, action: str, allowed: Sequence[str]) -> UserError:
         job.invalidate_recordset(["state"])
         return UserError(
             f"Cannot {action} generation job {job.id}: it is {job.state}; only "
-            f"{' or '.join(allowed)} jobs can be {_PAST[action]}.")
+            f"{' or '.join(allowed)} jobs can be {_PAST[action]}."
+        )

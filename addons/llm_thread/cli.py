@@ -7,20 +7,48 @@ import click
 
 
 @click.command("simulator")
-@click.option("--protocol", type=click.Choice(["openai", "anthropic", "ollama"]),
-              default="openai", show_default=True, help="The provider API to speak.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["openai", "anthropic", "ollama"]),
+    default="openai",
+    show_default=True,
+    help="The provider API to speak.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="0 picks a free port.")
-@click.option("--tokens", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Words per reply.")
-@click.option("--token-delay", type=click.FloatRange(min=0), default=0.02, show_default=True,
-              help="Seconds between chunks.")
-@click.option("--first-token-delay", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, help="Seconds before the first chunk.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--tokens", type=click.IntRange(min=0), default=20, show_default=True, help="Words per reply."
+)
+@click.option(
+    "--token-delay",
+    type=click.FloatRange(min=0),
+    default=0.02,
+    show_default=True,
+    help="Seconds between chunks.",
+)
+@click.option(
+    "--first-token-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds before the first chunk.",
+)
 @click.option("--api-key", default=None, help="Refuse requests without this key.")
-def simulator(protocol: str, host: str, port: int, tokens: int, token_delay: float,
-              first_token_delay: float, api_key: str | None) -> None:
+def simulator(
+    protocol: str,
+    host: str,
+    port: int,
+    tokens: int,
+    token_delay: float,
+    first_token_delay: float,
+    api_key: str | None,
+) -> None:
     """Serve a simulated LLM provider until Ctrl-C.
 
     Replies are deterministic; inject faults with directives in the last user message,
@@ -29,13 +57,20 @@ def simulator(protocol: str, host: str, port: int, tokens: int, token_delay: flo
     """
     from .simulator import SimulatorServer
 
-    server = SimulatorServer(protocol, tokens=tokens, token_delay=token_delay,
-                             first_token_delay=first_token_delay, api_key=api_key,
-                             port=port, host=host)
+    server = SimulatorServer(
+        protocol,
+        tokens=tokens,
+        token_delay=token_delay,
+        first_token_delay=first_token_delay,
+        api_key=api_key,
+        port=port,
+        host=host,
+    )
 
     def announce(url: str) -> None:
-        click.echo(f"Simulating the {protocol} API: set the provider's api_base to {url} "
-                   "(Ctrl-C to stop)")
+        click.echo(
+            f"Simulating the {protocol} API: set the provider's api_base to {url} (Ctrl-C to stop)"
+        )
 
     try:
         server.serve_forever(on_ready=announce)

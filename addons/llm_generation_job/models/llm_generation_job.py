@@ -63,7 +63,10 @@ class GenerationJob(models.Model):
     provider_id = fields.Many2one("llm.provider", required=True, ondelete="cascade", index=True)
     model_id = fields.Many2one("llm.model", ondelete="set null")
     user_id = fields.Many2one(
-        "res.users", required=True, ondelete="cascade", index=True,
+        "res.users",
+        required=True,
+        ondelete="cascade",
+        index=True,
         default=lambda self: self.env.uid,
     )
     state = fields.Selection(STATES, default="draft", required=True, index=True)
@@ -117,8 +120,9 @@ class GenerationJob(models.Model):
             job.can_cancel = job.state in ACTIVE_STATES or job._retry_pending()
 
     def _retry_pending(self) -> bool:
-        return bool(self.state == "failed" and self.error_kind == "retryable"
-                    and self.next_retry_at)
+        return bool(
+            self.state == "failed" and self.error_kind == "retryable" and self.next_retry_at
+        )
 
     # -- who may create and change what ------------------------------------------------------
     @api.model_create_multi
@@ -140,12 +144,14 @@ class GenerationJob(models.Model):
         if kept:
             raise AccessError(
                 f"Field '{kept[0]}' of a generation job cannot be set: it follows the job's "
-                "actions (action_queue, action_cancel, action_retry) and its worker.")
+                "actions (action_queue, action_cancel, action_retry) and its worker."
+            )
         fixed = sorted(CREATE_ONLY_FIELDS & set(vals)) if not creating else []
         if fixed:
             raise AccessError(
                 f"Field '{fixed[0]}' of a generation job is set when the job is created and "
-                "cannot change: create a new job instead.")
+                "cannot change: create a new job instead."
+            )
         if self._is_manager():
             return
         if "max_retries" in vals:
@@ -153,7 +159,8 @@ class GenerationJob(models.Model):
         if (vals.get("priority") or DEFAULT_PRIORITY) > DEFAULT_PRIORITY:
             raise AccessError(
                 f"Only LLM managers may give a generation job a 'priority' above "
-                f"{DEFAULT_PRIORITY} (the default); lower ones are yours to set.")
+                f"{DEFAULT_PRIORITY} (the default); lower ones are yours to set."
+            )
 
     def _is_manager(self) -> bool:
         return self.env.su or self.env.user.has_group(MANAGER_GROUP)
@@ -171,7 +178,8 @@ class GenerationJob(models.Model):
             raise ValidationError(
                 f"Field 'provider_id' of a generation job must be its thread's provider "
                 f"(id {provider_id}): a job runs on the provider of its thread. Leave it out, "
-                "or change the thread's provider.")
+                "or change the thread's provider."
+            )
         vals["provider_id"] = provider_id
         if vals.get("model_id"):
             self._check_model(vals["model_id"], provider_id)
@@ -184,20 +192,22 @@ class GenerationJob(models.Model):
             if message.sudo().thread_id.id != thread.id:
                 raise ValidationError(
                     f"Field 'input_message_id' of a generation job must be a message of its "
-                    f"thread (message {message_id} is not in thread {thread.id}).")
+                    f"thread (message {message_id} is not in thread {thread.id})."
+                )
 
     def _check_model(self, model_id, provider_id: int) -> None:
-        if model_id and self.env["llm.model"].sudo().browse(model_id).provider_id.id != \
-                provider_id:
+        if model_id and self.env["llm.model"].sudo().browse(model_id).provider_id.id != provider_id:
             raise ValidationError(
                 f"Field 'model_id' of a generation job must be a model of its provider "
-                f"(model {model_id} is not one of provider {provider_id}'s).")
+                f"(model {model_id} is not one of provider {provider_id}'s)."
+            )
 
     def _require_manager(self, action: str) -> None:
         if not self._is_manager():
             raise AccessError(
                 f"Only LLM managers may {action} a generation job by hand; queue it "
-                "(action_queue) and a worker runs it.")
+                "(action_queue) and a worker runs it."
+            )
 
     # -- actions -----------------------------------------------------------------------------
     def action_queue(self):
@@ -253,13 +263,19 @@ class GenerationJob(models.Model):
         """1 + the queued jobs of the same provider that a worker will take before this one."""
         self.ensure_one()
         before = [
-            "|", ("priority", ">", self.priority),
-            "&", ("priority", "=", self.priority),
-            "|", ("queued_at", "<", self.queued_at),
-            "&", ("queued_at", "=", self.queued_at), ("id", "<", self.id),
+            "|",
+            ("priority", ">", self.priority),
+            "&",
+            ("priority", "=", self.priority),
+            "|",
+            ("queued_at", "<", self.queued_at),
+            "&",
+            ("queued_at", "=", self.queued_at),
+            ("id", "<", self.id),
         ]
         return 1 + self.sudo().search_count(
-            [("provider_id", "=", self.provider_id.id), ("state", "=", "queued"), *before])
+            [("provider_id", "=", self.provider_id.id), ("state", "=", "queued"), *before]
+        )
 
     # -- status and maintenance --------------------------------------------------------------
     def check_status(self, wait: float = 0.5):
@@ -277,7 +293,7 @@ class GenerationJob(models.Model):
         since = notifier.generation(PROGRESS, self.id)
         follow = self.state in ACTIVE_STATES and not self.external_job_id
         self.env.cr.commit()  # nothing may be read until the wait ends: a read would start a
-        if follow:            # transaction that (on SQLite) holds the lock the worker needs
+        if follow:  # transaction that (on SQLite) holds the lock the worker needs
             notifier.wait(PROGRESS, self.id, since, wait)
         if self.state != "running":
             return False
@@ -297,9 +313,14 @@ class GenerationJob(models.Model):
         """Delete finished jobs created more than ``days`` days ago, in batches (each batch
         committed). Returns how many were deleted."""
         cutoff = _now() - dt.timedelta(days=days)
-        domain = [("create_date", "<", cutoff),  # not a failed job with a retry to come
-                  "|", ("state", "in", ["completed", "cancelled"]),
-                  "&", ("state", "=", "failed"), ("next_retry_at", "=", False)]
+        domain = [
+            ("create_date", "<", cutoff),  # not a failed job with a retry to come
+            "|",
+            ("state", "in", ["completed", "cancelled"]),
+            "&",
+            ("state", "=", "failed"),
+            ("next_retry_at", "=", False),
+        ]
         deleted = 0
         while True:
             batch = self.search(domain, limit=batch_size, order="id")

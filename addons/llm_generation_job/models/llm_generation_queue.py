@@ -23,8 +23,12 @@ from ..store import JobStore
 
 _logger = logging.getLogger(__name__)
 
-HEALTH = [("healthy", "Healthy"), ("warning", "Warning"), ("critical", "Critical"),
-          ("disabled", "Disabled")]
+HEALTH = [
+    ("healthy", "Healthy"),
+    ("warning", "Warning"),
+    ("critical", "Critical"),
+    ("disabled", "Disabled"),
+]
 FAILURE_RATE_CRITICAL = 0.5
 FAILURE_RATE_MIN_JOBS = 5
 
@@ -48,7 +52,8 @@ class GenerationQueue(models.Model):
     auto_retry_failed = fields.Boolean(default=True)
     retry_delay_minutes = fields.Integer(default=5, help="Base of the exponential backoff")
     job_timeout_minutes = fields.Integer(
-        default=60, help="Running jobs at an external provider longer than this fail (retryable)")
+        default=60, help="Running jobs at an external provider longer than this fail (retryable)"
+    )
     last_processed_at = fields.Datetime()
     queued_jobs_count = fields.Integer(compute="_compute_counts")
     current_running_jobs = fields.Integer(compute="_compute_counts")
@@ -69,9 +74,15 @@ class GenerationQueue(models.Model):
             queue.failed_jobs_count = by_state.get("failed", 0)
 
     def _state_counts(self) -> dict[int, dict[str, int]]:
-        groups = self.env["llm.generation.job"].sudo().read_group(
-            [("provider_id", "in", self.mapped("provider_id").ids)],
-            ["provider_id", "state"], ["__count"])
+        groups = (
+            self.env["llm.generation.job"]
+            .sudo()
+            .read_group(
+                [("provider_id", "in", self.mapped("provider_id").ids)],
+                ["provider_id", "state"],
+                ["__count"],
+            )
+        )
         counts: dict[int, dict[str, int]] = {}
         for group in groups:
             counts.setdefault(group["provider_id"], {})[group["state"]] = group["__count"]
@@ -94,10 +105,19 @@ class GenerationQueue(models.Model):
 
     def _recent_failure_rates(self) -> dict[int, float]:
         since = _now() - dt.timedelta(hours=1)
-        groups = self.env["llm.generation.job"].sudo().read_group(
-            [("provider_id", "in", self.mapped("provider_id").ids),
-             ("state", "in", ["completed", "failed"]), ("completed_at", ">=", since)],
-            ["provider_id", "state"], ["__count"])
+        groups = (
+            self.env["llm.generation.job"]
+            .sudo()
+            .read_group(
+                [
+                    ("provider_id", "in", self.mapped("provider_id").ids),
+                    ("state", "in", ["completed", "failed"]),
+                    ("completed_at", ">=", since),
+                ],
+                ["provider_id", "state"],
+                ["__count"],
+            )
+        )
         totals: dict[int, dict[str, int]] = {}
         for group in groups:
             totals.setdefault(group["provider_id"], {})[group["state"]] = group["__count"]
@@ -123,8 +143,9 @@ class GenerationQueue(models.Model):
             provider_id = vals.get("provider_id")
             if provider_id and self.sudo().search_count([("provider_id", "=", provider_id)]):
                 name = self.env["llm.provider"].sudo().browse(provider_id).name
-                raise UserError(f"A queue already exists for provider '{name}'; configure "
-                                "that one instead.")
+                raise UserError(
+                    f"A queue already exists for provider '{name}'; configure that one instead."
+                )
         return super().create(vals_list)
 
     @api.model
@@ -168,8 +189,9 @@ class GenerationQueue(models.Model):
             try:
                 started += self._process_provider_queue(queue.provider_id.id)
             except Exception:
-                _logger.exception("Processing the queue of provider %s failed",
-                                  queue.provider_id.id)
+                _logger.exception(
+                    "Processing the queue of provider %s failed", queue.provider_id.id
+                )
                 self.env.cr.rollback()
         return started
 
@@ -217,8 +239,9 @@ class GenerationQueue(models.Model):
         """Cancel every queued job of these queues; returns how many."""
         self.check_access("write")
         store = JobStore(self.env)
-        jobs = store.jobs.search([
-            ("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "queued")])
+        jobs = store.jobs.search(
+            [("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "queued")]
+        )
         for job in jobs:
             store.cancel(job, reason="Queue cleared by a manager.")
         return len(jobs)
@@ -227,8 +250,9 @@ class GenerationQueue(models.Model):
         """Retry every failed job of these queues that has retries left; returns how many."""
         self.check_access("write")
         store = JobStore(self.env)
-        jobs = store.jobs.search([
-            ("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "failed")])
+        jobs = store.jobs.search(
+            [("provider_id", "in", self.mapped("provider_id").ids), ("state", "=", "failed")]
+        )
         retryable = jobs.filtered("can_retry")
         for job in retryable:
             store.retry(job)
@@ -241,12 +265,15 @@ class GenerationQueue(models.Model):
         jobs = self.env["llm.generation.job"].sudo()
         since = _now() - dt.timedelta(hours=window_hours)
         provider = [("provider_id", "=", self.provider_id.id)]
-        counts = dict.fromkeys(("draft", "queued", "running", "completed", "failed",
-                                "cancelled"), 0)
+        counts = dict.fromkeys(
+            ("draft", "queued", "running", "completed", "failed", "cancelled"), 0
+        )
         counts.update(self._state_counts().get(self.provider_id.id, {}))
         finished = jobs.read_group(
             [*provider, ("state", "in", ["completed", "failed"]), ("completed_at", ">=", since)],
-            ["state"], ["__count", "queue_duration:avg", "duration:avg"])
+            ["state"],
+            ["__count", "queue_duration:avg", "duration:avg"],
+        )
         by_state = {g["state"]: g for g in finished}
         done = by_state.get("completed", {}).get("__count", 0)
         failed = by_state.get("failed", {}).get("__count", 0)

@@ -35,8 +35,9 @@ class GenerationWorker(models.Model):
     last_beat_at = fields.Datetime()
     alive_until = fields.Datetime(index=True, help="Live while its beats keep this ahead")
     stopped_at = fields.Datetime(help="When it stopped cleanly")
-    provider_ids = fields.Many2many("llm.provider", string="Queues",
-                                    help="The providers whose queues it serves; empty: all")
+    provider_ids = fields.Many2many(
+        "llm.provider", string="Queues", help="The providers whose queues it serves; empty: all"
+    )
     slots = fields.Integer(help="How many jobs it runs at once")
     running_jobs = fields.Integer()
     is_live = fields.Boolean(compute="_compute_is_live", search="_search_is_live")
@@ -44,42 +45,63 @@ class GenerationWorker(models.Model):
     def _compute_is_live(self):
         now = _now()
         for worker in self:
-            worker.is_live = bool(not worker.stopped_at and worker.alive_until
-                                  and worker.alive_until > now)
+            worker.is_live = bool(
+                not worker.stopped_at and worker.alive_until and worker.alive_until > now
+            )
 
     def _search_is_live(self, operator, value):
         now = _now()
         if (operator == "=") == bool(value):
             return ["&", ("stopped_at", "=", False), ("alive_until", ">", now)]
-        return ["|", ("stopped_at", "!=", False),
-                "|", ("alive_until", "=", False), ("alive_until", "<=", now)]
+        return [
+            "|",
+            ("stopped_at", "!=", False),
+            "|",
+            ("alive_until", "=", False),
+            ("alive_until", "<=", now),
+        ]
 
     @api.model
     def live_count(self, provider_id: int) -> int:
         """How many live workers serve the queue of ``provider_id``."""
-        return self.sudo().search_count([
-            ("is_live", "=", True),
-            "|", ("provider_ids", "=", False), ("provider_ids", "in", [provider_id]),
-        ])
+        return self.sudo().search_count(
+            [
+                ("is_live", "=", True),
+                "|",
+                ("provider_ids", "=", False),
+                ("provider_ids", "in", [provider_id]),
+            ]
+        )
 
     # -- used by the job runner --------------------------------------------------------------
     @api.model
     def register(self, slots: int, provider_ids: list[int], beat_seconds: float):
         """A row for this process's runner, live from now."""
         now = _now()
-        return self.sudo().create({
-            "name": f"{socket.gethostname()}:{os.getpid()}", "host": socket.gethostname(),
-            "pid": os.getpid(), "started_at": now, "last_beat_at": now,
-            "alive_until": now + dt.timedelta(seconds=MISSED_BEATS * beat_seconds),
-            "provider_ids": provider_ids, "slots": slots, "running_jobs": 0,
-        })
+        return self.sudo().create(
+            {
+                "name": f"{socket.gethostname()}:{os.getpid()}",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": now,
+                "last_beat_at": now,
+                "alive_until": now + dt.timedelta(seconds=MISSED_BEATS * beat_seconds),
+                "provider_ids": provider_ids,
+                "slots": slots,
+                "running_jobs": 0,
+            }
+        )
 
     def beat(self, running_jobs: int, beat_seconds: float) -> None:
         now = _now()
-        self.sudo().write({
-            "last_beat_at": now, "running_jobs": running_jobs, "stopped_at": False,
-            "alive_until": now + dt.timedelta(seconds=MISSED_BEATS * beat_seconds),
-        })
+        self.sudo().write(
+            {
+                "last_beat_at": now,
+                "running_jobs": running_jobs,
+                "stopped_at": False,
+                "alive_until": now + dt.timedelta(seconds=MISSED_BEATS * beat_seconds),
+            }
+        )
 
     def mark_stopped(self) -> None:
         self.sudo().write({"stopped_at": _now(), "running_jobs": 0, "alive_until": False})

@@ -58,8 +58,10 @@ class LLMProvider(models.Model):
 
     def _streams_in_worker(self) -> bool:
         """Whether jobs of this provider stream in the worker (no override of the job API)."""
-        return (self._job_hook("create_generation_job") is None
-                and type(self).create_generation_job is LLMProvider.create_generation_job)
+        return (
+            self._job_hook("create_generation_job") is None
+            and type(self).create_generation_job is LLMProvider.create_generation_job
+        )
 
     def get_generation_queue_info(self):
         """``max_concurrent_jobs``, ``current_queue_size`` (queued jobs),
@@ -74,13 +76,19 @@ class LLMProvider(models.Model):
         if implementation is not None:
             return implementation()
         queue = provider.env["llm.generation.queue"].search(
-            [("provider_id", "=", provider.id)], limit=1)
+            [("provider_id", "=", provider.id)], limit=1
+        )
         live = provider.env["llm.generation.worker"].live_count(provider.id)
         if not queue:
-            return {"max_concurrent_jobs": 0, "current_queue_size": 0,
-                    "estimated_wait_time": 0.0, "supports_streaming": True,
-                    "supports_cancellation": True, "supports_queue": False,
-                    "live_workers": live}
+            return {
+                "max_concurrent_jobs": 0,
+                "current_queue_size": 0,
+                "estimated_wait_time": 0.0,
+                "supports_streaming": True,
+                "supports_cancellation": True,
+                "supports_queue": False,
+                "live_workers": live,
+            }
         stats = queue.get_queue_stats(window_hours=1)
         average = stats["performance"]["avg_processing_time"]
         backlog = queue.queued_jobs_count

@@ -33,8 +33,11 @@ class LLMThread(models.Model):
         self.ensure_one()
         if use_queue is None:
             use_queue, reason = self._generation_mode()
-            yield {"type": "generation_mode", "mode": "queued" if use_queue else "direct",
-                   "reason": reason}
+            yield {
+                "type": "generation_mode",
+                "mode": "queued" if use_queue else "direct",
+                "reason": reason,
+            }
         if not use_queue:
             self._refuse_if_generating()
             yield from super().generate_response(user_message, **options)
@@ -43,7 +46,7 @@ class LLMThread(models.Model):
         posted = updates.message_payload(job.input_message_id) if job.input_message_id else None
         job_id = job.id
         self.env.cr.commit()  # the worker must see the job; nothing is read after this, so no
-        if posted:            # transaction stays open while the consumer holds the generator
+        if posted:  # transaction stays open while the consumer holds the generator
             yield updates.message_create(posted)
         yield from follow_job(self.env, job_id)
 
@@ -55,22 +58,31 @@ class LLMThread(models.Model):
             return False, f"provider '{provider.name}' has no enabled queue"
         workers = info.get("live_workers", 0)
         if not workers:
-            return False, (f"no worker is running for the queue of provider "
-                           f"'{provider.name}' (start one with `llmjobs worker`)")
-        return True, (f"provider '{provider.name}' has an enabled queue served by {workers} "
-                      f"live worker{'s' if workers > 1 else ''}")
+            return False, (
+                f"no worker is running for the queue of provider "
+                f"'{provider.name}' (start one with `llmjobs worker`)"
+            )
+        return True, (
+            f"provider '{provider.name}' has an enabled queue served by {workers} "
+            f"live worker{'s' if workers > 1 else ''}"
+        )
 
     def _queue_generation(self, user_message, options):
         """Post the user message and queue a job for the reply (one transaction)."""
         self.lock_for_update()  # "is a job active? then queue one", once per thread at a time
         self._refuse_if_generating()
-        input_message = self.message_post(body=user_message, llm_role="user") \
-            if user_message else self.env["llm.message"]
-        job = self.env["llm.generation.job"].create({
-            "thread_id": self.id,
-            "input_message_id": input_message.id or False,
-            "generation_inputs": {"user_message": user_message, "options": options},
-        })
+        input_message = (
+            self.message_post(body=user_message, llm_role="user")
+            if user_message
+            else self.env["llm.message"]
+        )
+        job = self.env["llm.generation.job"].create(
+            {
+                "thread_id": self.id,
+                "input_message_id": input_message.id or False,
+                "generation_inputs": {"user_message": user_message, "options": options},
+            }
+        )
         job.action_queue()
         return job
 

@@ -27,9 +27,11 @@ def registry(make_registry):
 
 def make_provider(env, api_base="http://127.0.0.1:9/v1", name="sim", service="openai"):
     provider = env["llm.provider"].create(
-        {"name": name, "service": service, "api_base": api_base, "api_key": "sk-test"})
+        {"name": name, "service": service, "api_base": api_base, "api_key": "sk-test"}
+    )
     model = env["llm.model"].create(
-        {"name": "sim-model", "provider_id": provider.id, "model_use": "chat", "default": True})
+        {"name": "sim-model", "provider_id": provider.id, "model_use": "chat", "default": True}
+    )
     return provider, model
 
 
@@ -37,7 +39,8 @@ def make_provider(env, api_base="http://127.0.0.1:9/v1", name="sim", service="op
 def thread(env):
     provider, model = make_provider(env)
     return env["llm.thread"].create(
-        {"name": "Chat", "provider_id": provider.id, "model_id": model.id})
+        {"name": "Chat", "provider_id": provider.id, "model_id": model.id}
+    )
 
 
 @pytest.fixture
@@ -57,7 +60,8 @@ def sim_thread(registry, openai_server):  # noqa: F811  (the imported fixture)
     with registry.environment() as env:
         provider, model = make_provider(env, api_base=openai_server.url)
         thread = env["llm.thread"].create(
-            {"name": "Chat", "provider_id": provider.id, "model_id": model.id})
+            {"name": "Chat", "provider_id": provider.id, "model_id": model.id}
+        )
         return thread.id
 
 
@@ -67,11 +71,13 @@ def users(registry):
     with registry.environment() as env:
         group = env.ref("base.group_user").id
         manager = env.ref("llm_thread.group_llm_manager").id
-        created = env["res.users"].create([
-            {"name": "Alice", "login": "alice", "groups_id": [group]},
-            {"name": "Bob", "login": "bob", "groups_id": [group]},
-            {"name": "Maya", "login": "maya", "groups_id": [manager]},
-        ])
+        created = env["res.users"].create(
+            [
+                {"name": "Alice", "login": "alice", "groups_id": [group]},
+                {"name": "Bob", "login": "bob", "groups_id": [group]},
+                {"name": "Maya", "login": "maya", "groups_id": [manager]},
+            ]
+        )
         return dict(zip(("alice", "bob", "manager"), created.ids, strict=True))
 
 
@@ -93,14 +99,20 @@ def start_workers(db_url, tmp_path):
         for _ in range(count):
             home = tmp_path / f"worker-{len(workers) + 1}"
             home.mkdir()
-            env = {**os.environ, "LLMJOBS_DB_URL": db_url, "LLMJOBS_CRON_FILE": str(crons),
-                   "LLMJOBS_SECRET_KEY_FILE": str(key_file),
-                   "LLMJOBS_WORKER_CONCURRENCY": str(concurrency), **extra}
+            env = {
+                **os.environ,
+                "LLMJOBS_DB_URL": db_url,
+                "LLMJOBS_CRON_FILE": str(crons),
+                "LLMJOBS_SECRET_KEY_FILE": str(key_file),
+                "LLMJOBS_WORKER_CONCURRENCY": str(concurrency),
+                **extra,
+            }
             if lease is not None:
                 env["LLMJOBS_JOB_LEASE_SECONDS"] = str(lease)
             log = (home / "worker.log").open("wb")
-            process = subprocess.Popen([llmjobs, "worker"], env=env, cwd=home, stdout=log,
-                                       stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [llmjobs, "worker"], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT
+            )
             process.log = home / "worker.log"
             log.close()
             workers.append(process)

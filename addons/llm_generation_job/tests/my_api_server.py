@@ -39,12 +39,18 @@ def build_app() -> tuple[Starlette, dict]:
         prompt = str(job["inputs"].get("prompt", ""))
         done = job["polls"] >= int(job["inputs"].get("polls", 2))
         failed = job["cancelled"] or (done and "fail" in prompt)
-        return JSONResponse({
-            "completed": done and not failed,
-            "failed": failed,
-            "result": f"Reply to: {prompt}" if done else None,
-            "error": "cancelled" if job["cancelled"] else "the model refused" if failed else None,
-        })
+        return JSONResponse(
+            {
+                "completed": done and not failed,
+                "failed": failed,
+                "result": f"Reply to: {prompt}" if done else None,
+                "error": "cancelled"
+                if job["cancelled"]
+                else "the model refused"
+                if failed
+                else None,
+            }
+        )
 
     async def cancel(request: Request):
         job = jobs.get(request.path_params["job_id"])
@@ -53,11 +59,13 @@ def build_app() -> tuple[Starlette, dict]:
         job["cancelled"] = True
         return JSONResponse({"cancelled": True})
 
-    app = Starlette(routes=[
-        Route("/jobs", create, methods=["POST"]),
-        Route("/jobs/{job_id}", status),
-        Route("/jobs/{job_id}/cancel", cancel, methods=["POST"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/jobs", create, methods=["POST"]),
+            Route("/jobs/{job_id}", status),
+            Route("/jobs/{job_id}/cancel", cancel, methods=["POST"]),
+        ]
+    )
     return app, jobs
 
 
@@ -71,7 +79,8 @@ class MyApiServer:
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
         self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
 
     def __enter__(self) -> MyApiServer:
         self._thread.start()

@@ -16,7 +16,8 @@ def start(job):
 @pytest.fixture
 def job(env, thread):
     return env["llm.generation.job"].create(
-        {"thread_id": thread.id, "generation_inputs": {"prompt": "Hello world"}})
+        {"thread_id": thread.id, "generation_inputs": {"prompt": "Hello world"}}
+    )
 
 
 def test_new_job_takes_provider_and_model_from_its_thread(job, thread):
@@ -107,7 +108,8 @@ def test_cleanup_removes_old_finished_jobs_only(env, thread):
 
 def test_queue_position_follows_priority_then_fifo(env, thread):
     jobs = env["llm.generation.job"].create(
-        [{"thread_id": thread.id, "priority": p} for p in (0, 0, 5)])
+        [{"thread_id": thread.id, "priority": p} for p in (0, 0, 5)]
+    )
     for job in jobs:
         job.action_queue()
     assert [j._queue_position() for j in jobs] == [2, 3, 1]

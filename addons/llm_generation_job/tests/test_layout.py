@@ -17,14 +17,21 @@ def sources(folder: Path, tests: bool):
 
 
 def test_no_addon_reaches_into_orm_internals():
-    found = [f"{path.relative_to(ADDONS)}: {name}" for path, text in sources(ADDONS, tests=True)
-             for name in ORM_INTERNALS if name in text and path != Path(__file__).resolve()]
+    found = [
+        f"{path.relative_to(ADDONS)}: {name}"
+        for path, text in sources(ADDONS, tests=True)
+        for name in ORM_INTERNALS
+        if name in text and path != Path(__file__).resolve()
+    ]
     assert not found
 
 
 def test_addon_code_issues_no_sql_of_its_own():
-    found = [str(path.relative_to(ADDONS)) for path, text in sources(ADDONS, tests=False)
-             if "sqlalchemy" in text or "cr.execute" in text]
+    found = [
+        str(path.relative_to(ADDONS))
+        for path, text in sources(ADDONS, tests=False)
+        if "sqlalchemy" in text or "cr.execute" in text
+    ]
     assert not found
 
 

@@ -21,10 +21,20 @@ def alice_thread(registry, users, openai_server):
     with registry.environment() as env:
         provider, model = make_provider(env, api_base=openai_server.url)
         env["llm.generation.queue"]._get_or_create_queue(provider.id)
-        thread = env["llm.thread"].create({"name": "Alice's chat", "user_id": users["alice"],
-                                           "provider_id": provider.id, "model_id": model.id})
-        return {"thread": thread.id, "provider": provider.id, "model": model.id,
-                "alice": users["alice"]}
+        thread = env["llm.thread"].create(
+            {
+                "name": "Alice's chat",
+                "user_id": users["alice"],
+                "provider_id": provider.id,
+                "model_id": model.id,
+            }
+        )
+        return {
+            "thread": thread.id,
+            "provider": provider.id,
+            "model": model.id,
+            "alice": users["alice"],
+        }
 
 
 def wait_for_live_worker(registry, provider_id, timeout=30.0):
@@ -47,7 +57,7 @@ def test_the_contracts_usage_as_an_ordinary_user(registry, alice_thread, start_w
     caplog.set_level(logging.WARNING)
     with registry.environment(user=alice_thread["alice"]) as env:
         # Direct generation (backward compatible)
-        thread = env['llm.thread'].browse(thread_id)
+        thread = env["llm.thread"].browse(thread_id)
         direct = list(thread.generate_response("Hello, how are you?", use_queue=False))
 
         # Queued generation
@@ -57,45 +67,53 @@ def test_the_contracts_usage_as_an_ordinary_user(registry, alice_thread, start_w
         auto = list(thread.generate_response("Hello, how are you?"))
 
         # Get or create queue for a provider; check queue health
-        queue = env['llm.generation.queue']._get_or_create_queue(provider_id)
+        queue = env["llm.generation.queue"]._get_or_create_queue(provider_id)
         stats = queue.get_queue_stats()
         info = thread.provider_id.get_generation_queue_info()
 
         # Create a job
-        job = env['llm.generation.job'].create({
-            'thread_id': thread_id,
-            'provider_id': provider_id,
-            'model_id': model_id,
-            'generation_inputs': {'prompt': '[sim:tokens=30 token_delay=0.05] Hello world'},
-        })
+        job = env["llm.generation.job"].create(
+            {
+                "thread_id": thread_id,
+                "provider_id": provider_id,
+                "model_id": model_id,
+                "generation_inputs": {"prompt": "[sim:tokens=30 token_delay=0.05] Hello world"},
+            }
+        )
 
         # Queue and start the job
         job.action_queue()
 
         # Monitor job status
         statuses = []
-        while job.state in ['queued', 'running']:
+        while job.state in ["queued", "running"]:
             status = job.check_status()
             statuses.append(status)
 
         assert direct[-1]["type"] == "done" and queued[-1]["type"] == "done"
-        assert auto[0] == {"type": "generation_mode", "mode": "queued", "reason": (
-            "provider 'sim' has an enabled queue served by 1 live worker")}
+        assert auto[0] == {
+            "type": "generation_mode",
+            "mode": "queued",
+            "reason": ("provider 'sim' has an enabled queue served by 1 live worker"),
+        }
         assert auto[-1]["type"] == "done"
         assert stats["job_counts"]["completed"] == 2 and stats["queue_health"] == "healthy"
         assert info["supports_queue"] and info["live_workers"] == 1
         assert job.state == "completed"
         assert job.output_message_id.body == reply_text(
-            "[sim:tokens=30 token_delay=0.05] Hello world", 30)
+            "[sim:tokens=30 token_delay=0.05] Hello world", 30
+        )
         assert {"state": "running"} in [
-            {"state": s["state"]} for s in statuses if isinstance(s, dict)]
+            {"state": s["state"]} for s in statuses if isinstance(s, dict)
+        ]
         replies = thread.message_ids.filtered(lambda m: m.llm_role == "assistant")
         assert len(replies) == 4 and set(replies.mapped("state")) == {"done"}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_no_live_worker_is_said_and_the_follower_keeps_following(
-        registry, alice_thread, start_workers):
+    registry, alice_thread, start_workers
+):
     """Defect 9: with no worker, a queued generation waited on "Queued (position 1)" for
     ever, and use_queue=None queued for good once a queue existed."""
     with registry.environment(user=alice_thread["alice"]) as env:

@@ -26,12 +26,17 @@ def queue_streaming_jobs(registry, api_base):
     with registry.environment() as env:
         provider, model = make_provider(env, api_base=api_base)
         env["llm.generation.queue"]._get_or_create_queue(provider.id).write(
-            {"max_concurrent_jobs": JOBS})
-        threads = env["llm.thread"].create([
-            {"name": f"t{n}", "provider_id": provider.id, "model_id": model.id}
-            for n in range(JOBS)])
-        jobs = env["llm.generation.job"].create([
-            {"thread_id": t.id, "generation_inputs": {"prompt": PROMPT}} for t in threads])
+            {"max_concurrent_jobs": JOBS}
+        )
+        threads = env["llm.thread"].create(
+            [
+                {"name": f"t{n}", "provider_id": provider.id, "model_id": model.id}
+                for n in range(JOBS)
+            ]
+        )
+        jobs = env["llm.generation.job"].create(
+            [{"thread_id": t.id, "generation_inputs": {"prompt": PROMPT}} for t in threads]
+        )
         for job in jobs:
             job.action_queue()
         return jobs.ids
@@ -61,25 +66,26 @@ def assert_each_job_completed_once(registry, job_ids):
         assert set(replies.mapped("body")) == {reply_text(PROMPT, 60)}
 
 
-@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)],
-                         indirect=True)
-def test_dropped_connections_mid_stream_fail_no_job(registry, db_url, start_workers,
-                                                   openai_server):
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_dropped_connections_mid_stream_fail_no_job(registry, db_url, start_workers, openai_server):
     """Defect 4: connections dropped once a second for 6 s failed 18 of 48 jobs for good,
     and a 2.5 s restart stalled the queue for a whole lease."""
     name = "llmjobs-outage-test"
-    start_workers(2, concurrency=JOBS // 2,
-                  LLMJOBS_DB_URL=f"{db_url}&application_name={name}")
+    start_workers(2, concurrency=JOBS // 2, LLMJOBS_DB_URL=f"{db_url}&application_name={name}")
     job_ids = queue_streaming_jobs(registry, openai_server.url)
     wait_until_streaming(registry, job_ids)
-    terminate = sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE application_name = :name")
+    terminate = sa.text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = :name"
+    )
     dropped = 0
     with registry.engine.connect() as admin:
         for _ in range(60):  # every 50 ms for 3 s, while the replies stream: connections
             dropped += admin.execute(terminate, {"name": name}).scalar_one()  # die in the
-            admin.commit()                                                  # middle of
-            time.sleep(0.05)                                                # transactions
+            admin.commit()  # middle of
+            time.sleep(0.05)  # transactions
     assert dropped >= 60
     outage_over = time.monotonic()
     wait_finished(registry, job_ids, timeout=60)
@@ -88,8 +94,9 @@ def test_dropped_connections_mid_stream_fail_no_job(registry, db_url, start_work
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_sqlite_locked_past_the_busy_timeout_fails_no_job(registry, db_url, start_workers,
-                                                         openai_server):
+def test_sqlite_locked_past_the_busy_timeout_fails_no_job(
+    registry, db_url, start_workers, openai_server
+):
     """Defect 4: SQLite locked by another writer past the busy timeout failed 7 of 100 jobs
     for good."""
     start_workers(2, concurrency=JOBS // 2, LLMJOBS_SQLITE_BUSY_TIMEOUT_MS="500")

@@ -84,10 +84,18 @@ def test_queue_stats(env, thread):
     queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
     jobs = queued_jobs(env, thread, 3)
     now = dt.datetime.now(dt.UTC)
-    for job, (wait, run, state) in zip(jobs[:2], [(1, 3, "completed"), (3, 5, "failed")],
-                                       strict=True):
-        job.write_where([], {"state": state, "queued_at": now - dt.timedelta(seconds=wait + run),
-                   "started_at": now - dt.timedelta(seconds=run), "completed_at": now})
+    for job, (wait, run, state) in zip(
+        jobs[:2], [(1, 3, "completed"), (3, 5, "failed")], strict=True
+    ):
+        job.write_where(
+            [],
+            {
+                "state": state,
+                "queued_at": now - dt.timedelta(seconds=wait + run),
+                "started_at": now - dt.timedelta(seconds=run),
+                "completed_at": now,
+            },
+        )
     stats = queue.get_queue_stats()
     assert stats["provider_name"] == "sim" and stats["job_counts"]["queued"] == 1
     performance = stats["performance"]
@@ -126,9 +134,11 @@ def test_a_worker_serves_only_its_queues(registry, openai_server):
             provider, model = make_provider(env, api_base=openai_server.url, name=name)
             env["llm.generation.queue"]._get_or_create_queue(provider.id)
             thread = env["llm.thread"].create(
-                {"name": name, "provider_id": provider.id, "model_id": model.id})
+                {"name": name, "provider_id": provider.id, "model_id": model.id}
+            )
             jobs |= env["llm.generation.job"].create(
-                {"thread_id": thread.id, "generation_inputs": {"prompt": "hi"}})
+                {"thread_id": thread.id, "generation_inputs": {"prompt": "hi"}}
+            )
         for job in jobs:
             job.action_queue()
         served, other = jobs.ids
@@ -143,6 +153,8 @@ def test_a_worker_serves_only_its_queues(registry, openai_server):
             workers = env["llm.generation.worker"]
             assert [workers.live_count(p) for p in providers] == [1, 0]
             assert env["llm.generation.job"].browse([served, other]).mapped("state") == [
-                "completed", "queued"]
+                "completed",
+                "queued",
+            ]
     finally:
         runner.stop()

@@ -75,8 +75,7 @@ def test_a_busy_thread_refuses_a_second_generation(registry, sim_thread):
             next(thread.generate_response("direct", use_queue=False))
 
 
-def test_retryable_error_is_retried_after_retry_after(registry, runner, sim_thread,
-                                                      openai_server):
+def test_retryable_error_is_retried_after_retry_after(registry, runner, sim_thread, openai_server):
     with registry.environment() as env:
         thread = env["llm.thread"].browse(sim_thread)
         queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
@@ -99,8 +98,7 @@ def test_retryable_error_is_retried_after_retry_after(registry, runner, sim_thre
         assert len(replies) == 1 and replies.state == "done"
 
 
-def test_permanent_error_fails_at_once_with_the_providers_message(registry, runner,
-                                                                  sim_thread):
+def test_permanent_error_fails_at_once_with_the_providers_message(registry, runner, sim_thread):
     with registry.environment() as env:
         thread = env["llm.thread"].browse(sim_thread)
         updates = list(thread.generate_response("[sim:status=400] bad", use_queue=True))
@@ -122,8 +120,7 @@ def test_cancel_a_queued_job(registry, sim_thread):
         assert job.state == "cancelled" and not job.output_message_id
 
 
-def test_cancel_does_not_wait_for_a_silent_provider(registry, runner, sim_thread,
-                                                   openai_server):
+def test_cancel_does_not_wait_for_a_silent_provider(registry, runner, sim_thread, openai_server):
     """A provider still thinking sends nothing: the worker's read is blocked in the socket, and
     closing the client would not wake it. The cancel shuts the socket down instead."""
     with registry.environment() as env:
@@ -144,12 +141,12 @@ def test_cancel_does_not_wait_for_a_silent_provider(registry, runner, sim_thread
     assert openai_server.wait_idle(timeout=5)["disconnects"] == 1
 
 
-def test_cancel_a_running_job_keeps_the_partial_reply(registry, runner, sim_thread,
-                                                      openai_server):
+def test_cancel_a_running_job_keeps_the_partial_reply(registry, runner, sim_thread, openai_server):
     with registry.environment() as env:
         thread = env["llm.thread"].browse(sim_thread)
         stream = thread.generate_response(
-            "[sim:tokens=400 token_delay=0.02] a long one", use_queue=True)
+            "[sim:tokens=400 token_delay=0.02] a long one", use_queue=True
+        )
         for update in stream:
             if update["type"] == "message_chunk":
                 break
@@ -163,6 +160,7 @@ def test_cancel_a_running_job_keeps_the_partial_reply(registry, runner, sim_thre
         assert job.state == "cancelled"
         reply = job.output_message_id
         assert reply.state == "cancelled" and 0 < len(reply.body) < len(
-            reply_text("[sim:tokens=400 token_delay=0.02] a long one", 400))
+            reply_text("[sim:tokens=400 token_delay=0.02] a long one", 400)
+        )
     openai_server.wait_idle(timeout=5)
     assert openai_server.stats()["disconnects"] >= 1

@@ -45,8 +45,9 @@ def together(*actions):
 
 
 def assistant_replies(env, thread_id):
-    return env["llm.message"].search([("thread_id", "=", thread_id),
-                                      ("llm_role", "=", "assistant")])
+    return env["llm.message"].search(
+        [("thread_id", "=", thread_id), ("llm_role", "=", "assistant")]
+    )
 
 
 @pytest.fixture
@@ -66,21 +67,27 @@ def second_registry(db_url):
 
 def test_two_status_checks_at_once_apply_the_result_once(make_registry, second_registry):
     """Defect 3: the user's check_status loop and the status cron both posted the reply."""
-    options = {"addons_path": [Path("addons").resolve(), SEED_ADDONS],
-               "addons": ["llm_seed_provider"]}
+    options = {
+        "addons_path": [Path("addons").resolve(), SEED_ADDONS],
+        "addons": ["llm_seed_provider"],
+    }
     first, second = make_registry(**options), second_registry(**options)
     with MyApiServer() as api:
         with first.environment() as env:
             provider = env["llm.provider"].create(
-                {"name": "my-api", "service": "openai", "api_base": api.url, "api_key": "k"})
+                {"name": "my-api", "service": "openai", "api_base": api.url, "api_key": "k"}
+            )
             env["llm.generation.queue"]._get_or_create_queue(provider.id).write(
-                {"max_concurrent_jobs": 1})
+                {"max_concurrent_jobs": 1}
+            )
         for round_number in range(ROUNDS):
             with first.environment() as env:
-                thread = env["llm.thread"].create({"name": f"t{round_number}",
-                                                   "provider_id": provider.id})
+                thread = env["llm.thread"].create(
+                    {"name": f"t{round_number}", "provider_id": provider.id}
+                )
                 job = env["llm.generation.job"].create(
-                    {"thread_id": thread.id, "generation_inputs": {"prompt": "Hi", "polls": 1}})
+                    {"thread_id": thread.id, "generation_inputs": {"prompt": "Hi", "polls": 1}}
+                )
                 job.action_queue()
                 assert env["llm.generation.queue"]._process_provider_queue(provider.id) == 1
                 job_id, thread_id = job.id, thread.id
@@ -99,7 +106,8 @@ def test_two_status_checks_at_once_apply_the_result_once(make_registry, second_r
 
 
 def test_a_lease_taken_over_while_its_attempt_prepares_posts_one_reply(
-        registry, second_registry, openai_server):
+    registry, second_registry, openai_server
+):
     """Defect 3: an attempt whose lease was taken over committed the empty reply it had just
     created, leaving threads with two or three assistant messages."""
     other = second_registry(addons=["llm_generation_job"])
@@ -109,10 +117,12 @@ def test_a_lease_taken_over_while_its_attempt_prepares_posts_one_reply(
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     for round_number in range(ROUNDS):
         with registry.environment() as env:
-            thread = env["llm.thread"].create({"name": f"t{round_number}",
-                                               "provider_id": provider.id, "model_id": model.id})
-            job = env["llm.generation.job"].create({"thread_id": thread.id,
-                                                    "generation_inputs": {"prompt": "hello"}})
+            thread = env["llm.thread"].create(
+                {"name": f"t{round_number}", "provider_id": provider.id, "model_id": model.id}
+            )
+            job = env["llm.generation.job"].create(
+                {"thread_id": thread.id, "generation_inputs": {"prompt": "hello"}}
+            )
             job.action_queue()
             [stale] = JobStore(env).claim(provider.id, "stalled-worker")
             job.write_where([], {"lease_expires_at": past})  # it stalled past its lease
@@ -145,12 +155,18 @@ def test_a_worker_stopped_while_it_claims_strands_no_job(registry, openai_server
     with registry.environment() as env:
         provider, model = make_provider(env, api_base=openai_server.url)
         env["llm.generation.queue"]._get_or_create_queue(provider.id)
-        threads = env["llm.thread"].create([
-            {"name": f"t{n}", "provider_id": provider.id, "model_id": model.id}
-            for n in range(3)])
-        jobs = env["llm.generation.job"].create([
-            {"thread_id": t.id, "generation_inputs": {"prompt": "[sim:first_token_delay=0.3] q"}}
-            for t in threads])
+        threads = env["llm.thread"].create(
+            [{"name": f"t{n}", "provider_id": provider.id, "model_id": model.id} for n in range(3)]
+        )
+        jobs = env["llm.generation.job"].create(
+            [
+                {
+                    "thread_id": t.id,
+                    "generation_inputs": {"prompt": "[sim:first_token_delay=0.3] q"},
+                }
+                for t in threads
+            ]
+        )
         for job in jobs:
             job.action_queue()
         job_ids = jobs.ids

@@ -11,7 +11,8 @@ from core import UserError
 
 def queued_jobs(env, thread, count):
     jobs = env["llm.generation.job"].create(
-        [{"thread_id": thread.id, "generation_inputs": {"prompt": f"q{n}"}} for n in range(count)])
+        [{"thread_id": thread.id, "generation_inputs": {"prompt": f"q{n}"}} for n in range(count)]
+    )
     for job in jobs:
         job.action_queue()
     return jobs

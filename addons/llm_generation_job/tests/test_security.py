@@ -13,17 +13,31 @@ def people(registry):
         user_group = env.ref("base.group_user").id
         alice = env["res.users"].create({"name": "A", "login": "a", "groups_id": [user_group]})
         bob = env["res.users"].create({"name": "B", "login": "b", "groups_id": [user_group]})
-        boss = env["res.users"].create({"name": "M", "login": "m", "groups_id": [
-            env.ref("llm_thread.group_llm_manager").id]})
+        boss = env["res.users"].create(
+            {"name": "M", "login": "m", "groups_id": [env.ref("llm_thread.group_llm_manager").id]}
+        )
         provider, model = make_provider(env)
-        threads = env["llm.thread"].create([
-            {"name": "a", "user_id": alice.id, "provider_id": provider.id, "model_id": model.id},
-            {"name": "b", "user_id": bob.id, "provider_id": provider.id, "model_id": model.id},
-        ])
+        threads = env["llm.thread"].create(
+            [
+                {
+                    "name": "a",
+                    "user_id": alice.id,
+                    "provider_id": provider.id,
+                    "model_id": model.id,
+                },
+                {"name": "b", "user_id": bob.id, "provider_id": provider.id, "model_id": model.id},
+            ]
+        )
         env["llm.generation.job"].create(
-            {"thread_id": threads[1].id, "user_id": bob.id}).action_queue()
-        return {"alice": alice.id, "boss": boss.id, "alice_thread": threads[0].id,
-                "bob_thread": threads[1].id, "provider": provider.id}
+            {"thread_id": threads[1].id, "user_id": bob.id}
+        ).action_queue()
+        return {
+            "alice": alice.id,
+            "boss": boss.id,
+            "alice_thread": threads[0].id,
+            "bob_thread": threads[1].id,
+            "provider": provider.id,
+        }
 
 
 def test_users_create_and_see_only_their_own_jobs(registry, people):

@@ -17,7 +17,7 @@ def test_usage_examples(registry, runner, sim_thread):
         model_id = env["llm.thread"].browse(thread_id).model_id.id
 
         # Direct generation (backward compatible)
-        thread = env['llm.thread'].browse(thread_id)
+        thread = env["llm.thread"].browse(thread_id)
         direct = list(thread.generate_response("Hello, how are you?", use_queue=False))
 
         # Queued generation
@@ -27,8 +27,8 @@ def test_usage_examples(registry, runner, sim_thread):
         auto = list(thread.generate_response("Hello, how are you?"))
 
         # Get or create queue for a provider
-        queue = env['llm.generation.queue']._get_or_create_queue(provider_id)
-        provider = env['llm.provider'].browse(provider_id)
+        queue = env["llm.generation.queue"]._get_or_create_queue(provider_id)
+        provider = env["llm.provider"].browse(provider_id)
 
         # Process pending jobs
         processed_count = queue._process_provider_queue(provider)
@@ -37,19 +37,21 @@ def test_usage_examples(registry, runner, sim_thread):
         stats = queue.get_queue_stats()
 
         # Create a job
-        job = env['llm.generation.job'].create({
-            'thread_id': thread_id,
-            'provider_id': provider_id,
-            'model_id': model_id,
-            'generation_inputs': {'prompt': 'Hello world'},
-        })
+        job = env["llm.generation.job"].create(
+            {
+                "thread_id": thread_id,
+                "provider_id": provider_id,
+                "model_id": model_id,
+                "generation_inputs": {"prompt": "Hello world"},
+            }
+        )
 
         # Queue and start the job
         job.action_queue()
 
         # Monitor job status
         seen = []
-        while job.state in ['queued', 'running']:
+        while job.state in ["queued", "running"]:
             status = job.check_status()
             seen.append(job.state)
 
@@ -64,14 +66,16 @@ def test_usage_examples(registry, runner, sim_thread):
 
 @pytest.fixture
 def seed_registry(make_registry):
-    return make_registry(addons_path=[Path("addons").resolve(), SEED_ADDONS],
-                         addons=["llm_seed_provider"])
+    return make_registry(
+        addons_path=[Path("addons").resolve(), SEED_ADDONS], addons=["llm_seed_provider"]
+    )
 
 
 def make_seed_thread(registry, api_base):
     with registry.environment() as env:
         provider = env["llm.provider"].create(
-            {"name": "my-api", "service": "openai", "api_base": api_base, "api_key": "k"})
+            {"name": "my-api", "service": "openai", "api_base": api_base, "api_key": "k"}
+        )
         thread = env["llm.thread"].create({"name": "Async", "provider_id": provider.id})
         return thread.id, provider.id
 
@@ -81,7 +85,8 @@ def test_provider_implementation_example(seed_registry):
         thread_id, provider_id = make_seed_thread(seed_registry, api.url)
         with seed_registry.environment() as env:
             job = env["llm.generation.job"].create(
-                {"thread_id": thread_id, "generation_inputs": {"prompt": "Hi", "polls": 2}})
+                {"thread_id": thread_id, "generation_inputs": {"prompt": "Hi", "polls": 2}}
+            )
             job.action_queue()
             assert env["llm.generation.queue"]._process_provider_queue(provider_id) == 1
             assert job.state == "running" and job.external_job_id == "ext-1"
@@ -102,11 +107,15 @@ def test_provider_failure_and_cancellation(seed_registry):
     with MyApiServer() as api:
         thread_id, provider_id = make_seed_thread(seed_registry, api.url)
         with seed_registry.environment() as env:
-            jobs = env["llm.generation.job"].create([
-                {"thread_id": thread_id, "generation_inputs": {"prompt": "please fail",
-                                                               "polls": 1}},
-                {"thread_id": thread_id, "generation_inputs": {"prompt": "long", "polls": 99}},
-            ])
+            jobs = env["llm.generation.job"].create(
+                [
+                    {
+                        "thread_id": thread_id,
+                        "generation_inputs": {"prompt": "please fail", "polls": 1},
+                    },
+                    {"thread_id": thread_id, "generation_inputs": {"prompt": "long", "polls": 99}},
+                ]
+            )
             for job in jobs:
                 job.action_queue()
             env["llm.generation.queue"]._process_provider_queue(provider_id)

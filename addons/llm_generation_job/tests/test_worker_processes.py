@@ -21,24 +21,34 @@ LEASE_SECONDS = 4
 def setup_threads(registry, api_base, count, max_concurrent=6, retry_delay=0):
     with registry.environment() as env:
         provider = env["llm.provider"].create(
-            {"name": "sim", "service": "openai", "api_base": api_base, "api_key": "sk"})
+            {"name": "sim", "service": "openai", "api_base": api_base, "api_key": "sk"}
+        )
         model = env["llm.model"].create(
-            {"name": "sim", "provider_id": provider.id, "default": True})
+            {"name": "sim", "provider_id": provider.id, "default": True}
+        )
         queue = env["llm.generation.queue"]._get_or_create_queue(provider.id)
-        queue.write({"max_concurrent_jobs": max_concurrent,
-                     "retry_delay_minutes": retry_delay})
-        return env["llm.thread"].create([
-            {"name": f"t{i}", "provider_id": provider.id, "model_id": model.id}
-            for i in range(count)
-        ]).ids
+        queue.write({"max_concurrent_jobs": max_concurrent, "retry_delay_minutes": retry_delay})
+        return (
+            env["llm.thread"]
+            .create(
+                [
+                    {"name": f"t{i}", "provider_id": provider.id, "model_id": model.id}
+                    for i in range(count)
+                ]
+            )
+            .ids
+        )
 
 
 def queue_jobs(registry, thread_ids, per_thread=1, prompt="question"):
     with registry.environment() as env:
-        jobs = env["llm.generation.job"].create([
-            {"thread_id": thread_id, "generation_inputs": {"prompt": f"{prompt} {n}"}}
-            for thread_id in thread_ids for n in range(per_thread)
-        ])
+        jobs = env["llm.generation.job"].create(
+            [
+                {"thread_id": thread_id, "generation_inputs": {"prompt": f"{prompt} {n}"}}
+                for thread_id in thread_ids
+                for n in range(per_thread)
+            ]
+        )
         for job in jobs:
             job.action_queue()
         return jobs.ids
@@ -48,8 +58,10 @@ def assert_one_reply_per_job(registry, job_ids):
     with registry.environment(readonly=True) as env:
         jobs = env["llm.generation.job"].browse(job_ids)
         odd = jobs.filtered(lambda j: j.state != "completed")
-        assert not odd, [(j.id, j.state, j.retry_count, j.error_message,
-                          j.attempt_ids.mapped("outcome")) for j in odd]
+        assert not odd, [
+            (j.id, j.state, j.retry_count, j.error_message, j.attempt_ids.mapped("outcome"))
+            for j in odd
+        ]
         replies = env["llm.message"].search([("llm_role", "=", "assistant")])
         assert len(replies) == len(job_ids)
         assert sorted(jobs.mapped("output_message_id").ids) == sorted(replies.ids)
@@ -57,8 +69,9 @@ def assert_one_reply_per_job(registry, job_ids):
         return jobs
 
 
-def test_four_workers_run_500_jobs_exactly_once_within_the_limit(registry, start_workers,
-                                                                 openai_server):
+def test_four_workers_run_500_jobs_exactly_once_within_the_limit(
+    registry, start_workers, openai_server
+):
     thread_ids = setup_threads(registry, openai_server.url, 50, max_concurrent=6)
     openai_server.reset_stats()
     start_workers(4, lease=LEASE_SECONDS)
@@ -77,8 +90,9 @@ def test_four_workers_run_500_jobs_exactly_once_within_the_limit(registry, start
     assert len(jobs) == 500
 
 
-def test_sigkill_mid_job_loses_no_job_and_duplicates_no_reply(registry, start_workers,
-                                                              openai_server):
+def test_sigkill_mid_job_loses_no_job_and_duplicates_no_reply(
+    registry, start_workers, openai_server
+):
     thread_ids = setup_threads(registry, openai_server.url, 6, max_concurrent=6)
     victim, _survivor = start_workers(2, concurrency=3, lease=LEASE_SECONDS)
     job_ids = queue_jobs(registry, thread_ids, prompt="[sim:tokens=40 token_delay=0.05] slow")
@@ -86,9 +100,9 @@ def test_sigkill_mid_job_loses_no_job_and_duplicates_no_reply(registry, start_wo
     def victim_is_streaming():
         with registry.environment(readonly=True) as env:
             attempts = env["llm.generation.job.attempt"].search(
-                [("worker", "like", f":{victim.pid}"), ("outcome", "=", "running")])
-            return bool(attempts) and all(a.job_id.output_message_id.body
-                                          for a in attempts)
+                [("worker", "like", f":{victim.pid}"), ("outcome", "=", "running")]
+            )
+            return bool(attempts) and all(a.job_id.output_message_id.body for a in attempts)
 
     deadline = time.monotonic() + 30
     while not victim_is_streaming():
@@ -99,7 +113,8 @@ def test_sigkill_mid_job_loses_no_job_and_duplicates_no_reply(registry, start_wo
     jobs = assert_one_reply_per_job(registry, job_ids)
     with registry.environment(readonly=True) as env:
         lost = env["llm.generation.job.attempt"].search(
-            [("job_id", "in", job_ids), ("outcome", "=", "lost")])
+            [("job_id", "in", job_ids), ("outcome", "=", "lost")]
+        )
         assert lost and all(f":{victim.pid}" in w for w in lost.mapped("worker"))
         for job in env["llm.generation.job"].browse(lost.mapped("job_id").ids):
             assert job.attempt_ids.mapped("outcome") == ["lost", "completed"]
@@ -116,8 +131,10 @@ def test_failures_and_cancellation_with_workers(registry, start_workers, openai_
     job_ids = queue_jobs(registry, [retry], prompt="again")
     with registry.environment(readonly=True) as env:  # the first attempt took the fault
         deadline = time.monotonic() + 20
-        while env["llm.generation.job"].browse(job_ids).retry_count == 0 and \
-                env["llm.generation.job"].browse(job_ids).state != "failed":
+        while (
+            env["llm.generation.job"].browse(job_ids).retry_count == 0
+            and env["llm.generation.job"].browse(job_ids).state != "failed"
+        ):
             assert time.monotonic() < deadline
             env.cr.commit()
             time.sleep(0.05)
@@ -146,8 +163,7 @@ def test_failures_and_cancellation_with_workers(registry, start_workers, openai_
             env.cr.commit()
             time.sleep(0.2)
         assert (retried.state, retried.retry_count) == ("completed", 1)
-        assert (failed.state, failed.error_kind, failed.retry_count) == (
-            "failed", "permanent", 0)
+        assert (failed.state, failed.error_kind, failed.retry_count) == ("failed", "permanent", 0)
         cancelled = jobs.browse(long_job)
         assert cancelled.state == "cancelled"
         assert cancelled.output_message_id.state == "cancelled"

@@ -28,8 +28,9 @@ def test_live_dead_and_stopped_workers(env):
 
 def test_rows_of_workers_gone_for_a_week_are_cleaned_up(env):
     workers = env["llm.generation.worker"]
-    recent, old, live = (workers.register(slots=1, provider_ids=[], beat_seconds=2)
-                         for _ in range(3))
+    recent, old, live = (
+        workers.register(slots=1, provider_ids=[], beat_seconds=2) for _ in range(3)
+    )
     week_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
     recent.mark_stopped()
     old.write({"last_beat_at": week_ago, "alive_until": week_ago})

@@ -39,9 +39,13 @@ class LLMModel(models.Model):
 
     def _unset_other_defaults(self):
         for model in self:
-            others = self.search([
-                ("provider_id", "=", model.provider_id.id), ("model_use", "=", model.model_use),
-                ("default", "=", True), ("id", "!=", model.id),
-            ])
+            others = self.search(
+                [
+                    ("provider_id", "=", model.provider_id.id),
+                    ("model_use", "=", model.model_use),
+                    ("default", "=", True),
+                    ("id", "!=", model.id),
+                ]
+            )
             if others:
                 others.write({"default": False})

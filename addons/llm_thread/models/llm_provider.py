@@ -58,15 +58,25 @@ class LLMProvider(models.Model):
             )
         return implementation(*args, **kwargs)
 
-    def chat(self, messages: list[dict], model=None, stream: bool = True,
-             http_client: httpx.Client | None = None, **options: Any):
+    def chat(
+        self,
+        messages: list[dict],
+        model=None,
+        stream: bool = True,
+        http_client: httpx.Client | None = None,
+        **options: Any,
+    ):
         """Stream a reply: yields ``TextDelta``, ``Usage`` and finally ``Finish`` (raises
         ``ProviderError`` on failure). With ``stream=False``, returns ``{'content',
         'usage', 'finish_reason'}``. ``model``: an ``llm.model``, a name, or None for the
         provider's default chat model."""
-        events = self._dispatch("chat", self.format_messages(messages),
-                                model=self._model_name(model), http_client=http_client,
-                                **options)
+        events = self._dispatch(
+            "chat",
+            self.format_messages(messages),
+            model=self._model_name(model),
+            http_client=http_client,
+            **options,
+        )
         return events if stream else _collect(events)
 
     def list_models(self):
@@ -74,17 +84,19 @@ class LLMProvider(models.Model):
         self.ensure_one()
         Model = self.env["llm.model"]
         found = self._dispatch("models")
-        existing = {m.name: m for m in Model.search(
-            [("provider_id", "=", self.id)])}
+        existing = {m.name: m for m in Model.search([("provider_id", "=", self.id)])}
         for entry in found:
             record = existing.get(entry["name"])
             if record:
                 record.write({"model_use": entry.get("model_use", "chat"), "active": True})
             else:
-                existing[entry["name"]] = Model.create({
-                    "name": entry["name"], "provider_id": self.id,
-                    "model_use": entry.get("model_use", "chat"),
-                })
+                existing[entry["name"]] = Model.create(
+                    {
+                        "name": entry["name"],
+                        "provider_id": self.id,
+                        "model_use": entry.get("model_use", "chat"),
+                    }
+                )
         return Model.browse([existing[e["name"]].id for e in found])
 
     def format_messages(self, messages: list[dict]) -> list[dict]:
@@ -95,17 +107,25 @@ class LLMProvider(models.Model):
             return model
         if model:
             return model.name
-        default = self.env["llm.model"].search([
-            ("provider_id", "=", self.id), ("model_use", "=", "chat"), ("active", "=", True),
-        ], order="default desc, id", limit=1)
+        default = self.env["llm.model"].search(
+            [
+                ("provider_id", "=", self.id),
+                ("model_use", "=", "chat"),
+                ("active", "=", True),
+            ],
+            order="default desc, id",
+            limit=1,
+        )
         if not default:
-            raise UserError(f"Provider '{self.name}' has no chat model: add one, or run "
-                            "list_models().")
+            raise UserError(
+                f"Provider '{self.name}' has no chat model: add one, or run list_models()."
+            )
         return default.name
 
     # -- the built-in services --------------------------------------------------------------
-    def _wire_chat(self, protocol: str, messages, model: str,
-                   http_client: httpx.Client | None, options: dict) -> Iterator:
+    def _wire_chat(
+        self, protocol: str, messages, model: str, http_client: httpx.Client | None, options: dict
+    ) -> Iterator:
         settings = self._wire_settings()  # read now: nothing is read while streaming
         return _stream(protocol, settings, messages, model, http_client, options)
 
@@ -144,9 +164,7 @@ class LLMProvider(models.Model):
     def ollama_models(self):
         return self._wire_models("ollama")
 
-    openai_format_messages = anthropic_format_messages = ollama_format_messages = (
-        _plain_messages
-    )
+    openai_format_messages = anthropic_format_messages = ollama_format_messages = _plain_messages
 
 
 _CLIENTS: dict[float | None, httpx.Client] = {}
@@ -164,14 +182,26 @@ def shared_client(timeout: float | None) -> httpx.Client:
         return client
 
 
-def _stream(protocol: str, settings: dict, messages, model: str,
-            http_client: httpx.Client | None, options: dict) -> Iterator:
+def _stream(
+    protocol: str,
+    settings: dict,
+    messages,
+    model: str,
+    http_client: httpx.Client | None,
+    options: dict,
+) -> Iterator:
     """The wire stream, on the caller's client or the shared one. Closing the generator
     closes the HTTP stream (the response), not the client."""
     client = http_client or shared_client(settings["timeout"])
     yield from wire.PROTOCOLS[protocol].stream_chat(
-        client, provider=settings["provider"], api_base=settings["api_base"],
-        api_key=settings["api_key"], model=model, messages=messages, options=options)
+        client,
+        provider=settings["provider"],
+        api_base=settings["api_base"],
+        api_key=settings["api_key"],
+        model=model,
+        messages=messages,
+        options=options,
+    )
 
 
 def _collect(events) -> dict[str, Any]:

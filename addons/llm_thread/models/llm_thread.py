@@ -244,8 +244,10 @@ class LLMThread(models.Model):
         token = secrets.token_hex(12)
         taken = self.sudo().write_where(
             ["|", ("generation_lock_token", "=", False), ("generation_lock_until", "<", now)],
-            {"generation_lock_token": token,
-             "generation_lock_until": now + dt.timedelta(seconds=LOCK_SECONDS)},
+            {
+                "generation_lock_token": token,
+                "generation_lock_until": now + dt.timedelta(seconds=LOCK_SECONDS),
+            },
         )
         if not taken:
             raise UserError(
@@ -257,9 +259,13 @@ class LLMThread(models.Model):
         """Extend the lease in a transaction of its own; UserError when it was lost (it
         expired and another generation took the thread)."""
         with self.pool.environment() as env:
-            renewed = env["llm.thread"].browse(self.id).write_where(
-                [("generation_lock_token", "=", token)],
-                {"generation_lock_until": _now() + dt.timedelta(seconds=LOCK_SECONDS)},
+            renewed = (
+                env["llm.thread"]
+                .browse(self.id)
+                .write_where(
+                    [("generation_lock_token", "=", token)],
+                    {"generation_lock_until": _now() + dt.timedelta(seconds=LOCK_SECONDS)},
+                )
             )
         if not renewed:
             raise UserError(

@@ -20,9 +20,15 @@ from .dialect import (
 MODELS = ("claude-sim-large", "claude-sim-small")
 _CREATED_AT = "2025-01-01T00:00:00Z"
 _ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-    429: "rate_limit_error", 500: "api_error", 529: "overloaded_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
 }
 
 
@@ -37,8 +43,10 @@ class AnthropicDialect(Dialect):
         return headers.get("x-api-key") or None
 
     def unauthorized(self, given: str | None) -> dict[str, Any]:
-        return _error("authentication_error",
-                      "x-api-key header is required" if given is None else "invalid x-api-key")
+        return _error(
+            "authentication_error",
+            "x-api-key header is required" if given is None else "invalid x-api-key",
+        )
 
     def error(self, status: int, message: str) -> dict[str, Any]:
         default = "api_error" if status >= 500 else "invalid_request_error"
@@ -52,29 +60,47 @@ class AnthropicDialect(Dialect):
         system = text_of(body.get("system"))
         if system:
             turns.insert(0, ("system", system))
-        return ChatRequest.build(body.get("model"), turns, stream=bool(body.get("stream")),
-                                 max_tokens=body["max_tokens"])
+        return ChatRequest.build(
+            body.get("model"), turns, stream=bool(body.get("stream")), max_tokens=body["max_tokens"]
+        )
 
     def start(self, generation: Generation) -> bytes:
-        message = {**_message(generation, []), "stop_reason": None,
-                   "usage": _usage(generation, output_tokens=1)}
+        message = {
+            **_message(generation, []),
+            "stop_reason": None,
+            "usage": _usage(generation, output_tokens=1),
+        }
         return (
             _event({"type": "message_start", "message": message})
-            + _event({"type": "content_block_start", "index": 0,
-                      "content_block": {"type": "text", "text": ""}})
+            + _event(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                }
+            )
             + _event({"type": "ping"})
         )
 
     def delta(self, generation: Generation, text: str) -> bytes:
-        return _event({"type": "content_block_delta", "index": 0,
-                       "delta": {"type": "text_delta", "text": text}})
+        return _event(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": text},
+            }
+        )
 
     def end(self, generation: Generation) -> bytes:
         return (
             _event({"type": "content_block_stop", "index": 0})
-            + _event({"type": "message_delta",
-                      "delta": {"stop_reason": _stop_reason(generation), "stop_sequence": None},
-                      "usage": {"output_tokens": generation.completion_tokens}})
+            + _event(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": _stop_reason(generation), "stop_sequence": None},
+                    "usage": {"output_tokens": generation.completion_tokens},
+                }
+            )
             + _event({"type": "message_stop"})
         )
 
@@ -85,12 +111,21 @@ class AnthropicDialect(Dialect):
         return b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta"\n\n'
 
     def complete(self, generation: Generation) -> dict[str, Any]:
-        return {**_message(generation, [{"type": "text", "text": generation.text}]),
-                "usage": _usage(generation, output_tokens=generation.completion_tokens)}
+        return {
+            **_message(generation, [{"type": "text", "text": generation.text}]),
+            "usage": _usage(generation, output_tokens=generation.completion_tokens),
+        }
 
     def models(self) -> dict[str, Any]:
-        data = [{"type": "model", "id": model, "display_name": model.replace("-", " ").title(),
-                 "created_at": _CREATED_AT} for model in MODELS]
+        data = [
+            {
+                "type": "model",
+                "id": model,
+                "display_name": model.replace("-", " ").title(),
+                "created_at": _CREATED_AT,
+            }
+            for model in MODELS
+        ]
         return {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
 
 
@@ -119,5 +154,9 @@ def _stop_reason(generation: Generation) -> str:
 
 
 def _usage(generation: Generation, *, output_tokens: int) -> dict[str, int]:
-    return {"input_tokens": generation.request.prompt_tokens, "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0, "output_tokens": output_tokens}
+    return {
+        "input_tokens": generation.request.prompt_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output_tokens,
+    }

@@ -70,7 +70,8 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
         """The 401 for a request without the right key, if the server has one."""
         given = dialect.given_key(request.headers)
         if state.api_key is None or (
-                given is not None and hmac.compare_digest(given.encode(), state.api_key.encode())):
+            given is not None and hmac.compare_digest(given.encode(), state.api_key.encode())
+        ):
             return None
         return JSONResponse(dialect.unauthorized(given), status_code=401)
 
@@ -90,8 +91,11 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
             return error(400, str(exc))
         if scenario.status is not None:
             state.stats.count(FAULT)
-            return error(scenario.status, scenario.message or default_message(scenario.status),
-                         scenario.retry_after)
+            return error(
+                scenario.status,
+                scenario.message or default_message(scenario.status),
+                scenario.retry_after,
+            )
         generation = Generation.plan(chat_request, scenario, dialect.id_prefix)
         if chat_request.stream:
             return GenerationStream(dialect, generation, state.stats)
@@ -110,12 +114,14 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
         state.stats.reset()
         return JSONResponse(state.stats.snapshot())
 
-    return Starlette(routes=[
-        Route(dialect.chat_path, chat, methods=["POST"]),
-        Route(dialect.models_path, models, methods=["GET"]),
-        Route("/_sim/stats", stats, methods=["GET"]),
-        Route("/_sim/reset", reset, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route(dialect.chat_path, chat, methods=["POST"]),
+            Route(dialect.models_path, models, methods=["GET"]),
+            Route("/_sim/stats", stats, methods=["GET"]),
+            Route("/_sim/reset", reset, methods=["POST"]),
+        ]
+    )
 
 
 class GenerationStream(StreamingResponse):
@@ -126,8 +132,9 @@ class GenerationStream(StreamingResponse):
         self._outcome = Outcome()
         self._body = _paced_frames(dialect, generation, self._outcome)
         self._stats = stats
-        super().__init__(self._body, media_type=dialect.stream_media_type,
-                         headers={"cache-control": "no-cache"})
+        super().__init__(
+            self._body, media_type=dialect.stream_media_type, headers={"cache-control": "no-cache"}
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with self._stats.generation(self._outcome):
@@ -137,8 +144,11 @@ class GenerationStream(StreamingResponse):
                 await self._body.aclose()
 
 
-async def _paced_frames(dialect: Dialect, generation: Generation, outcome: Outcome,
-                        ) -> AsyncGenerator[bytes, None]:
+async def _paced_frames(
+    dialect: Dialect,
+    generation: Generation,
+    outcome: Outcome,
+) -> AsyncGenerator[bytes, None]:
     """The dialect's frames, each chunk after its delay; a scheduled fault replaces the rest."""
     scenario = generation.scenario
     yield dialect.start(generation)

@@ -42,8 +42,15 @@ class ChatRequest:
     include_usage: bool = False  # OpenAI's stream_options.include_usage
 
     @classmethod
-    def build(cls, model: Any, turns: list[tuple[str, str]], *, stream: bool,
-              max_tokens: Any = None, include_usage: bool = False) -> ChatRequest:
+    def build(
+        cls,
+        model: Any,
+        turns: list[tuple[str, str]],
+        *,
+        stream: bool,
+        max_tokens: Any = None,
+        include_usage: bool = False,
+    ) -> ChatRequest:
         """From ``(role, text)`` turns, system text included."""
         if not isinstance(model, str) or not model:
             raise InvalidRequest("model: a model name is required.")
@@ -52,8 +59,14 @@ class ChatRequest:
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise InvalidRequest("max_tokens: must be a positive integer.")
         prompt = next((text for role, text in reversed(turns) if role == "user"), "")
-        return cls(model, prompt, sum(count_tokens(text) for _, text in turns), stream,
-                   max_tokens, include_usage)
+        return cls(
+            model,
+            prompt,
+            sum(count_tokens(text) for _, text in turns),
+            stream,
+            max_tokens,
+            include_usage,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,8 +84,14 @@ class Generation:
     def plan(cls, request: ChatRequest, scenario: Scenario, id_prefix: str) -> Generation:
         chunks = reply_chunks(request.prompt, scenario.tokens)
         limit = request.max_tokens or len(chunks)
-        return cls(f"{id_prefix}{uuid.uuid4().hex[:24]}", int(time.time()), request, scenario,
-                   tuple(chunks[:limit]), len(chunks) > limit)
+        return cls(
+            f"{id_prefix}{uuid.uuid4().hex[:24]}",
+            int(time.time()),
+            request,
+            scenario,
+            tuple(chunks[:limit]),
+            len(chunks) > limit,
+        )
 
     @property
     def text(self) -> str:
@@ -169,16 +188,20 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
     return ""
 
 
 def turns_of(messages: Any) -> list[tuple[str, str]]:
     if not isinstance(messages, list):
         raise InvalidRequest("messages: must be an array.")
-    if not all(isinstance(message, dict) and isinstance(message.get("role"), str)
-               for message in messages):
+    if not all(
+        isinstance(message, dict) and isinstance(message.get("role"), str) for message in messages
+    ):
         raise InvalidRequest("messages: every message must be an object with a role.")
     return [(message["role"], text_of(message.get("content"))) for message in messages]
 

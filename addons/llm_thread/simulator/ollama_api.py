@@ -42,15 +42,20 @@ class OllamaDialect(Dialect):
         num_predict = (body.get("options") or {}).get("num_predict")
         # num_predict -1 (or any value below 1) means "no limit" in Ollama.
         limit = num_predict if isinstance(num_predict, int) and num_predict > 0 else None
-        return ChatRequest.build(body.get("model"), turns_of(body.get("messages")),
-                                 stream=body.get("stream", True) is not False, max_tokens=limit)
+        return ChatRequest.build(
+            body.get("model"),
+            turns_of(body.get("messages")),
+            stream=body.get("stream", True) is not False,
+            max_tokens=limit,
+        )
 
     def start(self, generation: Generation) -> bytes:
         return b""
 
     def delta(self, generation: Generation, text: str) -> bytes:
-        return ndjson({**_head(generation), "message": {"role": "assistant", "content": text},
-                       "done": False})
+        return ndjson(
+            {**_head(generation), "message": {"role": "assistant", "content": text}, "done": False}
+        )
 
     def end(self, generation: Generation) -> bytes:
         return ndjson(_final(generation, ""))
@@ -65,13 +70,24 @@ class OllamaDialect(Dialect):
         return _final(generation, generation.text)
 
     def models(self) -> dict[str, Any]:
-        return {"models": [
-            {"name": model, "model": model, "modified_at": _MODIFIED_AT, "size": 4_661_224_676,
-             "digest": f"{index:064x}",
-             "details": {"format": "gguf", "family": "llama", "parameter_size": "8B",
-                         "quantization_level": "Q4_K_M"}}
-            for index, model in enumerate(MODELS, start=1)
-        ]}
+        return {
+            "models": [
+                {
+                    "name": model,
+                    "model": model,
+                    "modified_at": _MODIFIED_AT,
+                    "size": 4_661_224_676,
+                    "digest": f"{index:064x}",
+                    "details": {
+                        "format": "gguf",
+                        "family": "llama",
+                        "parameter_size": "8B",
+                        "quantization_level": "Q4_K_M",
+                    },
+                }
+                for index, model in enumerate(MODELS, start=1)
+            ]
+        }
 
 
 def _head(generation: Generation) -> dict[str, Any]:

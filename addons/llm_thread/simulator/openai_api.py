@@ -33,13 +33,19 @@ class OpenAIDialect(Dialect):
 
     def unauthorized(self, given: str | None) -> dict[str, Any]:
         if given is None:
-            return _error("You didn't provide an API key. You need to provide your API key in "
-                          "an Authorization header using Bearer auth (i.e. Authorization: "
-                          "Bearer YOUR_KEY).", "invalid_request_error")
+            return _error(
+                "You didn't provide an API key. You need to provide your API key in "
+                "an Authorization header using Bearer auth (i.e. Authorization: "
+                "Bearer YOUR_KEY).",
+                "invalid_request_error",
+            )
         masked = f"{given[:3]}****{given[-4:]}" if len(given) > 10 else "****"
-        return _error(f"Incorrect API key provided: {masked}. You can find your API key at "
-                      "https://platform.openai.com/account/api-keys.", "invalid_request_error",
-                      code="invalid_api_key")
+        return _error(
+            f"Incorrect API key provided: {masked}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            code="invalid_api_key",
+        )
 
     def error(self, status: int, message: str) -> dict[str, Any]:
         if status == 429:
@@ -50,7 +56,9 @@ class OpenAIDialect(Dialect):
         body = request_object(body)
         stream = bool(body.get("stream"))
         return ChatRequest.build(
-            body.get("model"), turns_of(body.get("messages")), stream=stream,
+            body.get("model"),
+            turns_of(body.get("messages")),
+            stream=stream,
             max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
             include_usage=stream and bool((body.get("stream_options") or {}).get("include_usage")),
         )
@@ -80,36 +88,43 @@ class OpenAIDialect(Dialect):
             "created": generation.created,
             "model": generation.request.model,
             "system_fingerprint": _FINGERPRINT,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": generation.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": _finish_reason(generation),
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": generation.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(generation),
+                }
+            ],
             "usage": _usage(generation),
         }
 
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": model, "object": "model", "created": _CREATED, "owned_by": "llmjobs"}
-            for model in MODELS
-        ]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": _CREATED, "owned_by": "llmjobs"}
+                for model in MODELS
+            ],
+        }
 
 
 def _error(message: str, error_type: str, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
-def _chunk(generation: Generation, delta: dict[str, Any], finish_reason: str | None = None,
-           ) -> dict[str, Any]:
+def _chunk(
+    generation: Generation,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
     chunk = {
         "id": generation.id,
         "object": "chat.completion.chunk",
         "created": generation.created,
         "model": generation.request.model,
         "system_fingerprint": _FINGERPRINT,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                     "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
     if generation.request.include_usage:
         chunk["usage"] = None
@@ -122,5 +137,8 @@ def _finish_reason(generation: Generation) -> str:
 
 def _usage(generation: Generation) -> dict[str, int]:
     prompt, completion = generation.request.prompt_tokens, generation.completion_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }

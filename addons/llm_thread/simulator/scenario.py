@@ -45,11 +45,15 @@ class Scenario:
         """This scenario with ``settings`` (strings are converted to the fields' types)."""
         unknown = sorted(set(settings) - set(_PARSERS))
         if unknown:
-            raise ValueError(f"Unknown simulator setting(s): {', '.join(unknown)} "
-                             f"(known: {', '.join(_PARSERS)}).")
+            raise ValueError(
+                f"Unknown simulator setting(s): {', '.join(unknown)} "
+                f"(known: {', '.join(_PARSERS)})."
+            )
         try:
-            values = {name: None if value is None else _PARSERS[name](value)
-                      for name, value in settings.items()}
+            values = {
+                name: None if value is None else _PARSERS[name](value)
+                for name, value in settings.items()
+            }
         except ValueError as error:
             raise ValueError(f"Invalid simulator setting: {error}") from None
         return dataclasses.replace(self, **values)
@@ -60,8 +64,12 @@ class Scenario:
     def stream_fault_at(self, index: int) -> str | None:
         """The fault to inject after ``index`` chunks: "cut", "error", "malformed", "end" or
         None."""
-        faults = (("cut", self.cut_after), ("error", self.stream_error_after),
-                  ("malformed", self.malformed_after), ("end", self.end_after))
+        faults = (
+            ("cut", self.cut_after),
+            ("error", self.stream_error_after),
+            ("malformed", self.malformed_after),
+            ("end", self.end_after),
+        )
         return next((name for name, after in faults if after == index), None)
 
 

@@ -45,9 +45,17 @@ class SimulatorServer:
     ``api_key``, requests without it get the protocol's 401. Faults: ``push_fault(...)``
     or ``[sim:...]`` directives in the last user message (see ``scenario``)."""
 
-    def __init__(self, protocol: str = "openai", *, tokens: int = 20, token_delay: float = 0.0,
-                 first_token_delay: float = 0.0, api_key: str | None = None, port: int = 0,
-                 host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        protocol: str = "openai",
+        *,
+        tokens: int = 20,
+        token_delay: float = 0.0,
+        first_token_delay: float = 0.0,
+        api_key: str | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+    ):
         if protocol not in DIALECTS:
             raise ValueError(f"Unknown protocol {protocol!r} (known: {', '.join(DIALECTS)}).")
         self.protocol = protocol
@@ -87,8 +95,12 @@ class SimulatorServer:
     def start(self) -> Self:
         """Serve in a daemon thread; return once the server accepts connections."""
         server = self._prepare()
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self._socket]},
-                                        name=f"simulator-{self.protocol}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [self._socket]},
+            name=f"simulator-{self.protocol}",
+            daemon=True,
+        )
         self._thread.start()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not server.started:
@@ -121,8 +133,12 @@ class SimulatorServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def _prepare(self) -> uvicorn.Server:

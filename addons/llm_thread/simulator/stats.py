@@ -36,8 +36,14 @@ class Stats:
         self._peers: set[tuple[str, int]] = set()
 
     def _zeros(self) -> dict[str, int]:
-        return {REQUESTS: 0, "connections": 0, "max_in_flight": self._in_flight, COMPLETED: 0,
-                DISCONNECT: 0, FAULT: 0}
+        return {
+            REQUESTS: 0,
+            "connections": 0,
+            "max_in_flight": self._in_flight,
+            COMPLETED: 0,
+            DISCONNECT: 0,
+            FAULT: 0,
+        }
 
     def count(self, counter: str) -> None:
         with self._lock:

@@ -48,26 +48,39 @@ def sse_events(response: httpx.Response) -> list[tuple[str | None, str]]:
 
 # -- replies and scenarios ------------------------------------------------------------------
 
+
 def test_replies_are_a_function_of_the_prompt():
     assert reply_text("Hello", 10) == reply_text("Hello", 10)
     assert reply_text("Hello", 10) != reply_text("Hello!", 10)
     assert len(reply_chunks("Hello", 7)) == 7
-    assert all(chunk.endswith(" ") and chunk.count(" ") == 1
-               for chunk in reply_chunks("Hello", 7))
+    assert all(chunk.endswith(" ") and chunk.count(" ") == 1 for chunk in reply_chunks("Hello", 7))
 
 
 def test_directives():
     text = "Go [sim:status=429 retry_after=2] now [sim:tokens=5,token_delay=0.5]"
 
-    assert parse_directives(text) == {"status": "429", "retry_after": "2", "tokens": "5",
-                                      "token_delay": "0.5"}
-    assert Scenario().with_directives(text) == Scenario(status=429, retry_after=2.0, tokens=5,
-                                                        token_delay=0.5)
+    assert parse_directives(text) == {
+        "status": "429",
+        "retry_after": "2",
+        "tokens": "5",
+        "token_delay": "0.5",
+    }
+    assert Scenario().with_directives(text) == Scenario(
+        status=429, retry_after=2.0, tokens=5, token_delay=0.5
+    )
     assert Scenario(tokens=3).with_directives("no directive") == Scenario(tokens=3)
 
 
-@pytest.mark.parametrize("text", ["[sim:colour=blue]", "[sim:tokens=many]", "[sim:tokens]",
-                                  "[sim:status=200]", "[sim:token_delay=-1]"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[sim:colour=blue]",
+        "[sim:tokens=many]",
+        "[sim:tokens]",
+        "[sim:status=200]",
+        "[sim:token_delay=-1]",
+    ],
+)
 def test_bad_directives_are_refused(text):
     with pytest.raises(ValueError):
         Scenario().with_directives(text)
@@ -101,6 +114,7 @@ def test_directives_override_a_queued_fault(anthropic_server):
 
 # -- OpenAI ---------------------------------------------------------------------------------
 
+
 def test_openai_stream_frames(openai_server):
     response = chat(openai_server, "Hi", stream=True, stream_options={"include_usage": True})
 
@@ -114,11 +128,11 @@ def test_openai_stream_frames(openai_server):
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 20,
-                                   "total_tokens": 21}
+    assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 20, "total_tokens": 21}
     assert all(chunk["usage"] is None for chunk in chunks[:-1])
-    assert "".join(chunk["choices"][0]["delta"].get("content", "")
-                   for chunk in chunks[:-1]) == reply_text("Hi", 20)
+    assert "".join(
+        chunk["choices"][0]["delta"].get("content", "") for chunk in chunks[:-1]
+    ) == reply_text("Hi", 20)
 
 
 def test_openai_stream_without_include_usage_has_no_usage(openai_server):
@@ -132,22 +146,32 @@ def test_openai_completion(openai_server):
     body = chat(openai_server, "Hi", max_tokens=3).json()
 
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "refusal": None,
-                                             "content": "".join(reply_chunks("Hi", 20)[:3])}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "refusal": None,
+        "content": "".join(reply_chunks("Hi", 20)[:3]),
+    }
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 3
 
 
 # -- Anthropic ------------------------------------------------------------------------------
 
+
 def test_anthropic_stream_events(anthropic_server):
     response = chat(anthropic_server, "Hi", stream=True, system="Be brief")
 
     events = sse_events(response)
     names = [event for event, _ in events]
-    assert names == ["message_start", "content_block_start", "ping",
-                     *["content_block_delta"] * 20,
-                     "content_block_stop", "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 20,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     payloads = [json.loads(data) for _, data in events]
     assert [payload["type"] for payload in payloads] == names
     assert payloads[0]["message"]["usage"]["input_tokens"] == 3
@@ -161,21 +185,29 @@ def test_anthropic_in_stream_error(anthropic_server):
 
     assert events[-1][0] == "error"
     assert json.loads(events[-1][1]) == {
-        "type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
 
 
 def test_anthropic_message_and_missing_max_tokens(anthropic_server):
     body = chat(anthropic_server, "Hi").json()
-    assert (body["type"], body["stop_reason"], body["content"]) == \
-        ("message", "end_turn", [{"type": "text", "text": reply_text("Hi", 20)}])
+    assert (body["type"], body["stop_reason"], body["content"]) == (
+        "message",
+        "end_turn",
+        [{"type": "text", "text": reply_text("Hi", 20)}],
+    )
 
     refused = chat(anthropic_server, "Hi", max_tokens=None)
     assert refused.status_code == 400
-    assert refused.json()["error"] == {"type": "invalid_request_error",
-                                       "message": "max_tokens: Field required"}
+    assert refused.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "max_tokens: Field required",
+    }
 
 
 # -- Ollama ---------------------------------------------------------------------------------
+
 
 def test_ollama_streams_ndjson_by_default(ollama_server):
     response = chat(ollama_server, "Hi")
@@ -198,13 +230,28 @@ def test_ollama_without_streaming_and_with_num_predict(ollama_server):
 
 # -- errors and auth, in each protocol's shape ----------------------------------------------
 
-@pytest.mark.parametrize(("protocol", "body"), [
-    ("openai", {"error": {"message": "Slow down", "type": "requests", "param": None,
-                          "code": "rate_limit_exceeded"}}),
-    ("anthropic", {"type": "error", "error": {"type": "rate_limit_error",
-                                              "message": "Slow down"}}),
-    ("ollama", {"error": "Slow down"}),
-])
+
+@pytest.mark.parametrize(
+    ("protocol", "body"),
+    [
+        (
+            "openai",
+            {
+                "error": {
+                    "message": "Slow down",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            },
+        ),
+        (
+            "anthropic",
+            {"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down"}},
+        ),
+        ("ollama", {"error": "Slow down"}),
+    ],
+)
 def test_error_bodies(request, protocol, body):
     server = request.getfixturevalue(f"{protocol}_server")
     server.push_fault(status=429, retry_after=3, message="Slow down")
@@ -216,15 +263,29 @@ def test_error_bodies(request, protocol, body):
     assert server.stats()["faults"] == 1
 
 
-@pytest.mark.parametrize(("protocol", "header", "error"), [
-    ("openai", "authorization", {"message": "Incorrect API key provided: wro****cdef. You can "
-                                 "find your API key at https://platform.openai.com/account/"
-                                 "api-keys.", "type": "invalid_request_error",
-                                 "param": None, "code": "invalid_api_key"}),
-    ("anthropic", "x-api-key", {"type": "authentication_error",
-                                "message": "invalid x-api-key"}),
-    ("ollama", "authorization", "unauthorized"),
-])
+@pytest.mark.parametrize(
+    ("protocol", "header", "error"),
+    [
+        (
+            "openai",
+            "authorization",
+            {
+                "message": "Incorrect API key provided: wro****cdef. You can "
+                "find your API key at https://platform.openai.com/account/"
+                "api-keys.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            },
+        ),
+        (
+            "anthropic",
+            "x-api-key",
+            {"type": "authentication_error", "message": "invalid x-api-key"},
+        ),
+        ("ollama", "authorization", "unauthorized"),
+    ],
+)
 def test_a_server_with_a_key_refuses_others(make_simulator, protocol, header, error):
     server = make_simulator(protocol, api_key=KEY)
 
@@ -242,13 +303,17 @@ def test_a_server_with_a_key_refuses_others(make_simulator, protocol, header, er
 
 # -- pacing, faults, stats ------------------------------------------------------------------
 
+
 def test_delays_pace_the_stream(make_simulator):
     server = make_simulator("ollama", tokens=4, first_token_delay=0.1, token_delay=0.05)
     arrivals = []
     started = time.monotonic()
-    with httpx.stream("POST", server.url + "/api/chat", timeout=5,
-                      json={"model": "m", "messages": [{"role": "user", "content": "Hi"}]},
-                      ) as response:
+    with httpx.stream(
+        "POST",
+        server.url + "/api/chat",
+        timeout=5,
+        json={"model": "m", "messages": [{"role": "user", "content": "Hi"}]},
+    ) as response:
         for _ in response.iter_lines():
             arrivals.append(time.monotonic() - started)
 
@@ -271,8 +336,14 @@ def test_stats_over_http(ollama_server):
     root = ollama_server.root_url
 
     assert httpx.get(root + "/_sim/stats").json() == {
-        "requests": 2, "connections": 2, "in_flight": 0, "max_in_flight": 1, "completed": 2,
-        "disconnects": 0, "faults": 0}
+        "requests": 2,
+        "connections": 2,
+        "in_flight": 0,
+        "max_in_flight": 1,
+        "completed": 2,
+        "disconnects": 0,
+        "faults": 0,
+    }
     assert httpx.post(root + "/_sim/reset").json()["requests"] == 0
     assert ollama_server.stats()["completed"] == 0
 
@@ -296,17 +367,29 @@ def test_unknown_protocol():
 
 # -- the command ----------------------------------------------------------------------------
 
+
 def test_the_simulator_command_serves_until_interrupted():
-    command = [sys.executable, "-c",
-               "from addons.llm_thread.cli import simulator; simulator()",
-               "--protocol", "openai", "--token-delay", "0", "--tokens", "3"]
+    command = [
+        sys.executable,
+        "-c",
+        "from addons.llm_thread.cli import simulator; simulator()",
+        "--protocol",
+        "openai",
+        "--token-delay",
+        "0",
+        "--tokens",
+        "3",
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         assert "set the provider's api_base to http://127.0.0.1:" in line
         url = line.split("api_base to ")[1].split()[0]
-        response = httpx.post(url + "/chat/completions", timeout=5, json={
-            "model": "m", "messages": [{"role": "user", "content": "Hi"}]})
+        response = httpx.post(
+            url + "/chat/completions",
+            timeout=5,
+            json={"model": "m", "messages": [{"role": "user", "content": "Hi"}]},
+        )
         assert response.json()["choices"][0]["message"]["content"] == reply_text("Hi", 3)
     finally:
         process.send_signal(signal.SIGINT)

@@ -17,8 +17,11 @@ KEY = "sk-test-0123456789abcdef"
 MODELS = {"openai": "sim-gpt", "anthropic": "claude-sim-large", "ollama": "sim-llama:latest"}
 STOP = {"openai": "stop", "anthropic": "end_turn", "ollama": "stop"}
 LENGTH = {"openai": "length", "anthropic": "max_tokens", "ollama": "length"}
-UNAUTHORIZED = {"openai": "Incorrect API key provided", "anthropic": "invalid x-api-key",
-                "ollama": "unauthorized"}
+UNAUTHORIZED = {
+    "openai": "Incorrect API key provided",
+    "anthropic": "invalid x-api-key",
+    "ollama": "unauthorized",
+}
 
 
 @pytest.fixture(params=list(PROTOCOLS))
@@ -41,8 +44,14 @@ def stream(server, client, text, *, api_key=None, system=None, options=None, api
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": text})
     return PROTOCOLS[server.protocol].stream_chat(
-        client, provider=PROVIDER, api_base=api_base or server.url, api_key=api_key,
-        model=MODELS[server.protocol], messages=messages, options=options)
+        client,
+        provider=PROVIDER,
+        api_base=api_base or server.url,
+        api_key=api_key,
+        model=MODELS[server.protocol],
+        messages=messages,
+        options=options,
+    )
 
 
 def consume(events) -> tuple[str, ProviderError]:
@@ -81,8 +90,9 @@ def test_streams_read_to_the_end_so_the_connection_is_reused(server, client):
 def test_max_tokens_truncates_with_the_protocols_length_reason(server, client, protocol):
     events = list(stream(server, client, "Count", options={"max_tokens": 5}))
 
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == \
-        "".join(reply_chunks("Count", 20)[:5])
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "".join(
+        reply_chunks("Count", 20)[:5]
+    )
     assert events[-2].completion_tokens == 5
     assert events[-1].reason == LENGTH[protocol]
 
@@ -90,10 +100,16 @@ def test_max_tokens_truncates_with_the_protocols_length_reason(server, client, p
 def test_429_with_retry_after_is_retryable(server, client):
     _, error = consume(stream(server, client, "Hi [sim:status=429 retry_after=2]"))
 
-    assert (error.status, error.retryable, error.kind, error.retry_after) == \
-        (429, True, "retryable", 2.0)
-    assert str(error) == (f"Provider '{PROVIDER}' failed: HTTP 429 Too Many Requests: "
-                          "Rate limit exceeded (retryable, retry after 2s)")
+    assert (error.status, error.retryable, error.kind, error.retry_after) == (
+        429,
+        True,
+        "retryable",
+        2.0,
+    )
+    assert str(error) == (
+        f"Provider '{PROVIDER}' failed: HTTP 429 Too Many Requests: "
+        "Rate limit exceeded (retryable, retry after 2s)"
+    )
 
 
 def test_a_queued_500_is_retryable_and_fails_one_request_only(server, client):
@@ -115,8 +131,9 @@ def test_400_is_permanent_with_the_providers_message(server, client):
 
 
 @pytest.mark.parametrize("given", ["sk-wrong-0123456789abcdef", None])
-def test_a_refused_key_is_a_permanent_401_that_never_shows_a_key(make_simulator, client,
-                                                                 protocol, given):
+def test_a_refused_key_is_a_permanent_401_that_never_shows_a_key(
+    make_simulator, client, protocol, given
+):
     server = make_simulator(protocol, api_key=KEY)
 
     _, error = consume(stream(server, client, "Hi", api_key=given))
@@ -198,12 +215,16 @@ def test_a_wrong_api_base_is_a_permanent_404(server, client):
 
 
 def test_list_models(server, client, protocol):
-    models = PROTOCOLS[protocol].list_models(client, provider=PROVIDER, api_base=server.url,
-                                             api_key=None)
+    models = PROTOCOLS[protocol].list_models(
+        client, provider=PROVIDER, api_base=server.url, api_key=None
+    )
 
     expected = {
-        "openai": [("sim-gpt", "chat"), ("sim-gpt-mini", "chat"),
-                   ("sim-text-embedding", "embedding")],
+        "openai": [
+            ("sim-gpt", "chat"),
+            ("sim-gpt-mini", "chat"),
+            ("sim-text-embedding", "embedding"),
+        ],
         "anthropic": [("claude-sim-large", "chat"), ("claude-sim-small", "chat")],
         "ollama": [("sim-llama:latest", "chat"), ("sim-embed-text:latest", "embedding")],
     }[protocol]
@@ -214,8 +235,9 @@ def test_list_models_with_a_refused_key(make_simulator, client, protocol):
     server = make_simulator(protocol, api_key=KEY)
 
     with pytest.raises(ProviderError) as caught:
-        PROTOCOLS[protocol].list_models(client, provider=PROVIDER, api_base=server.url,
-                                        api_key="sk-wrong-0123456789abcdef")
+        PROTOCOLS[protocol].list_models(
+            client, provider=PROVIDER, api_base=server.url, api_key="sk-wrong-0123456789abcdef"
+        )
     assert (caught.value.status, caught.value.kind) == (401, "permanent")
 
 

@@ -18,9 +18,16 @@ DEFAULT_MAX_TOKENS = 1024
 _INPUT_TOKEN_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-def stream_chat(client: httpx.Client, *, provider: str, api_base: str, api_key: str | None,
-                model: str, messages: list[dict[str, Any]], options: dict[str, Any] | None = None,
-                ) -> Iterator[StreamEvent]:
+def stream_chat(
+    client: httpx.Client,
+    *,
+    provider: str,
+    api_base: str,
+    api_key: str | None,
+    model: str,
+    messages: list[dict[str, Any]],
+    options: dict[str, Any] | None = None,
+) -> Iterator[StreamEvent]:
     """Stream one reply. System messages go to the top-level ``system`` field and tool
     messages are sent as user turns (the API has neither role); ``options`` are extra request
     fields, ``max_tokens`` (required by the API) defaulting to DEFAULT_MAX_TOKENS."""
@@ -30,9 +37,12 @@ def stream_chat(client: httpx.Client, *, provider: str, api_base: str, api_key: 
         "model": model,
         "max_tokens": options.get("max_tokens", DEFAULT_MAX_TOKENS),
         "messages": [
-            {"role": "assistant" if message["role"] == "assistant" else "user",
-             "content": message["content"]}
-            for message in messages if message["role"] != "system"
+            {
+                "role": "assistant" if message["role"] == "assistant" else "user",
+                "content": message["content"],
+            }
+            for message in messages
+            if message["role"] != "system"
         ],
         "stream": True,
     }
@@ -41,22 +51,36 @@ def stream_chat(client: httpx.Client, *, provider: str, api_base: str, api_key: 
         body["system"] = "\n\n".join(system)
     headers = {**_headers(api_key), "Accept": "text/event-stream"}
     url = transport.endpoint(api_base, "/messages")
-    with transport.open_stream(client, url, provider=provider, api_key=api_key,
-                               headers=headers, body=body) as response:
+    with transport.open_stream(
+        client, url, provider=provider, api_key=api_key, headers=headers, body=body
+    ) as response:
         yield from _events(response, provider, api_key)
 
 
-def list_models(client: httpx.Client, *, provider: str, api_base: str, api_key: str | None,
-                ) -> list[dict[str, str]]:
+def list_models(
+    client: httpx.Client,
+    *,
+    provider: str,
+    api_base: str,
+    api_key: str | None,
+) -> list[dict[str, str]]:
     """Every page of ``GET /models``."""
     models: list[dict[str, str]] = []
     params: dict[str, Any] = {"limit": 1000}
     while True:
-        page = transport.get_object(client, transport.endpoint(api_base, "/models"),
-                                    provider=provider, api_key=api_key,
-                                    headers=_headers(api_key), params=params)
-        models += [transport.model_entry(model["id"]) for model in page.get("data") or ()
-                   if isinstance(model, dict) and model.get("id")]
+        page = transport.get_object(
+            client,
+            transport.endpoint(api_base, "/models"),
+            provider=provider,
+            api_key=api_key,
+            headers=_headers(api_key),
+            params=params,
+        )
+        models += [
+            transport.model_entry(model["id"])
+            for model in page.get("data") or ()
+            if isinstance(model, dict) and model.get("id")
+        ]
         if not (page.get("has_more") and page.get("last_id")):
             return models
         params["after_id"] = page["last_id"]
@@ -69,8 +93,11 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _events(response: httpx.Response, provider: str, api_key: str | None,
-            ) -> Iterator[StreamEvent]:
+def _events(
+    response: httpx.Response,
+    provider: str,
+    api_key: str | None,
+) -> Iterator[StreamEvent]:
     started = False
     stop_reason: str | None = None
     prompt_tokens: int | None = None

@@ -20,10 +20,16 @@ import httpx
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 # Error types, in a stream that had started, that blame the request rather than the provider.
-PERMANENT_ERROR_TYPES = frozenset({
-    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-    "request_too_large", "invalid_api_key",
-})
+PERMANENT_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "invalid_api_key",
+    }
+)
 REDACTED = "[redacted]"
 _MAX_BODY_TEXT = 300
 
@@ -32,8 +38,16 @@ class ProviderError(Exception):
     """A provider call failed; ``retryable`` tells whether trying again later may succeed,
     ``retry_after`` how long the provider asked to wait (seconds), if it said."""
 
-    def __init__(self, provider: str, message: str, *, retryable: bool, status: int | None = None,
-                 retry_after: float | None = None, api_key: str | None = None):
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+        api_key: str | None = None,
+    ):
         self.provider = provider
         self.message = scrub(message, api_key)
         self.status = status
@@ -56,18 +70,24 @@ class ProviderError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exceptions pickle as cls(*args); ours rebuild from their attributes instead.
-        return (_rebuild, (self.provider, self.message, self.retryable, self.status,
-                           self.retry_after))
+        return (
+            _rebuild,
+            (self.provider, self.message, self.retryable, self.status, self.retry_after),
+        )
 
     def __repr__(self) -> str:
-        return (f"ProviderError(provider={self.provider!r}, status={self.status!r}, "
-                f"kind={self.kind!r}, retry_after={self.retry_after!r}, message={self.message!r})")
+        return (
+            f"ProviderError(provider={self.provider!r}, status={self.status!r}, "
+            f"kind={self.kind!r}, retry_after={self.retry_after!r}, message={self.message!r})"
+        )
 
 
-def _rebuild(provider: str, message: str, retryable: bool, status: int | None,
-             retry_after: float | None) -> ProviderError:
-    return ProviderError(provider, message, retryable=retryable, status=status,
-                         retry_after=retry_after)
+def _rebuild(
+    provider: str, message: str, retryable: bool, status: int | None, retry_after: float | None
+) -> ProviderError:
+    return ProviderError(
+        provider, message, retryable=retryable, status=status, retry_after=retry_after
+    )
 
 
 def scrub(text: str, api_key: str | None) -> str:
@@ -79,8 +99,10 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
-def parse_retry_after(headers: httpx.Headers | dict[str, str], now: float | None = None,
-                      ) -> float | None:
+def parse_retry_after(
+    headers: httpx.Headers | dict[str, str],
+    now: float | None = None,
+) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or an
     HTTP-date); None when absent or unreadable."""
     headers = httpx.Headers(headers)
@@ -118,17 +140,29 @@ def error_message(body: bytes | str) -> str | None:
     return _payload_message(data) or text.strip()[:_MAX_BODY_TEXT] or None
 
 
-def from_response(provider: str, response: httpx.Response, api_key: str | None,
-                  ) -> ProviderError:
+def from_response(
+    provider: str,
+    response: httpx.Response,
+    api_key: str | None,
+) -> ProviderError:
     """The error for a non-2xx response whose body has been read."""
     status = response.status_code
     message = error_message(response.content) or "(no error message)"
-    return ProviderError(provider, message, status=status, retryable=is_retryable_status(status),
-                         retry_after=parse_retry_after(response.headers), api_key=api_key)
+    return ProviderError(
+        provider,
+        message,
+        status=status,
+        retryable=is_retryable_status(status),
+        retry_after=parse_retry_after(response.headers),
+        api_key=api_key,
+    )
 
 
-def from_transport(provider: str, error: httpx.RequestError, api_key: str | None,
-                   ) -> ProviderError:
+def from_transport(
+    provider: str,
+    error: httpx.RequestError,
+    api_key: str | None,
+) -> ProviderError:
     """The error for a failed connection, read or write: retryable unless the request itself
     cannot be sent (unsupported URL scheme, invalid request)."""
     detail = f"({type(error).__name__}: {error})" if str(error) else f"({type(error).__name__})"
@@ -138,8 +172,9 @@ def from_transport(provider: str, error: httpx.RequestError, api_key: str | None
             httpx.WriteTimeout: "sending the request",
             httpx.PoolTimeout: "waiting for a free connection",
         }.get(type(error), "waiting for the provider's response")
-        return ProviderError(provider, f"Timed out {action} {detail}", retryable=True,
-                             api_key=api_key)
+        return ProviderError(
+            provider, f"Timed out {action} {detail}", retryable=True, api_key=api_key
+        )
     if isinstance(error, httpx.ConnectError):
         message, retryable = f"Could not connect to the provider {detail}", True
     elif isinstance(error, httpx.RemoteProtocolError):
@@ -160,13 +195,18 @@ def from_stream_error(provider: str, payload: Any, api_key: str | None) -> Provi
     message = _payload_message({"error": payload}) or "(no error message)"
     if isinstance(error_type, str):
         message = f"{error_type}: {message}"
-    return ProviderError(provider, f"Error in the stream: {message}",
-                         retryable=error_type not in PERMANENT_ERROR_TYPES, api_key=api_key)
+    return ProviderError(
+        provider,
+        f"Error in the stream: {message}",
+        retryable=error_type not in PERMANENT_ERROR_TYPES,
+        api_key=api_key,
+    )
 
 
 def malformed(provider: str, detail: str, api_key: str | None) -> ProviderError:
-    return ProviderError(provider, f"Malformed response stream: {detail}", retryable=False,
-                         api_key=api_key)
+    return ProviderError(
+        provider, f"Malformed response stream: {detail}", retryable=False, api_key=api_key
+    )
 
 
 def incomplete(provider: str) -> ProviderError:

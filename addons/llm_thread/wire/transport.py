@@ -16,8 +16,15 @@ from . import errors
 
 
 @contextmanager
-def open_stream(client: httpx.Client, url: str, *, provider: str, api_key: str | None,
-                headers: dict[str, str], body: dict[str, Any]) -> Iterator[httpx.Response]:
+def open_stream(
+    client: httpx.Client,
+    url: str,
+    *,
+    provider: str,
+    api_key: str | None,
+    headers: dict[str, str],
+    body: dict[str, Any],
+) -> Iterator[httpx.Response]:
     """POST ``body`` and give the 2xx response, unread; the response is closed on exit, which
     drops the connection at once when the stream was not read to the end. Transport errors
     raised while the caller reads the response are converted too."""
@@ -31,9 +38,15 @@ def open_stream(client: httpx.Client, url: str, *, provider: str, api_key: str |
         raise errors.from_transport(provider, error, api_key) from error
 
 
-def get_object(client: httpx.Client, url: str, *, provider: str, api_key: str | None,
-               headers: dict[str, str], params: dict[str, Any] | None = None,
-               ) -> dict[str, Any]:
+def get_object(
+    client: httpx.Client,
+    url: str,
+    *,
+    provider: str,
+    api_key: str | None,
+    headers: dict[str, str],
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """GET a JSON object."""
     try:
         response = client.get(url, headers=headers, params=params)
@@ -44,8 +57,12 @@ def get_object(client: httpx.Client, url: str, *, provider: str, api_key: str | 
     return decode_object(response.text, provider=provider, api_key=api_key)
 
 
-def sse_events(response: httpx.Response, *, provider: str, api_key: str | None,
-               ) -> Iterator[ServerSentEvent]:
+def sse_events(
+    response: httpx.Response,
+    *,
+    provider: str,
+    api_key: str | None,
+) -> Iterator[ServerSentEvent]:
     """The response's server-sent events; a response that is not an event stream is
     malformed (httpx_sse reports it as a transport error, which would read as retryable)."""
     try:

@@ -28,7 +28,7 @@ class MyApi:
 
 
 class MyProvider(models.Model):
-    _inherit = 'llm.provider'
+    _inherit = "llm.provider"
 
     @property
     def my_api(self):
@@ -36,33 +36,31 @@ class MyProvider(models.Model):
 
     def create_generation_job(self, job_record):
         # Create job with external provider
-        external_job_id = self.my_api.create_job(
-            job_record.generation_inputs
-        )
+        external_job_id = self.my_api.create_job(job_record.generation_inputs)
         return external_job_id
 
     def check_generation_job_status(self, job_record):
         # Check job status with external provider
         status = self.my_api.get_job_status(job_record.external_job_id)
 
-        if status['completed']:
+        if status["completed"]:
             # Create result message
             message = job_record.thread_id.message_post(
-                body=status['result'],
-                llm_role='assistant',
+                body=status["result"],
+                llm_role="assistant",
                 author_id=False,
             )
             return {
-                'state': 'completed',
-                'output_message_id': message.id,
+                "state": "completed",
+                "output_message_id": message.id,
             }
-        elif status['failed']:
+        elif status["failed"]:
             return {
-                'state': 'failed',
-                'error_message': status['error'],
+                "state": "failed",
+                "error_message": status["error"],
             }
         else:
-            return {'state': 'running'}
+            return {"state": "running"}
 
     def cancel_generation_job(self, job_record):
         # Cancel job with external provider
