@@ -188,7 +188,7 @@ class GenerationJob(models.Model):
         message_id = vals.get("input_message_id")
         if message_id:
             message = self.env["llm.message"].browse(message_id)
-            message.check_access("read")
+            message.check_access("write")
             if message.sudo().thread_id.id != thread.id:
                 raise ValidationError(
                     f"Field 'input_message_id' of a generation job must be a message of its "
