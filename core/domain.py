@@ -9,7 +9,8 @@ consecutive terms are implicitly AND-ed::
 
 Term operators: ``= != < <= > >= in not in like not like ilike not ilike =like =ilike``.
 ``('f', '=', False)`` means "f is not set"; ``!=``, ``not in`` and the negative ``like``s
-also match records where the field is not set, as in Odoo. ``like``/``ilike`` look for the
+also match records where the field is not set, as in Odoo; ``'!'`` is the complement (the
+records its operand does not match, unset fields included). ``like``/``ilike`` look for the
 value as a substring (its ``%`` and ``_`` are literal); ``=like``/``=ilike`` take a pattern.
 Dotted paths follow Many2one, One2many and Many2many fields. Values are always bound
 parameters, never spliced into SQL.
@@ -101,8 +102,9 @@ def compile_domain(model: BaseModel, domain: Sequence) -> sa.ColumnElement[bool]
     """The WHERE clause selecting the records of ``model`` that match ``domain``."""
     stack: list[sa.ColumnElement[bool]] = []
     for token in reversed(normalize(domain)):
-        if token == "!":
-            stack.append(sa.not_(stack.pop()))
+        if token == "!":  # the complement: a term that is NULL on a row (a comparison
+            # with an empty column) counts as false, so its negation keeps the row, as in Odoo
+            stack.append(sa.not_(sa.func.coalesce(stack.pop(), sa.false())))
         elif token in ("&", "|"):
             first, second = stack.pop(), stack.pop()
             stack.append(sa.and_(first, second) if token == "&" else sa.or_(first, second))

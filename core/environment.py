@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .database import raise_if_unavailable
-from .exceptions import RegistryError
+from .exceptions import MissingError, RegistryError, ValidationError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Result
@@ -27,6 +27,15 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 SUPERUSER_ID = 1
+
+
+def user_id(user: Any) -> int:
+    """The id of ``user``: a ``res.users`` id or record."""
+    if isinstance(user, int) and not isinstance(user, bool):
+        return user
+    if getattr(user, "_name", None) == "res.users" and len(user) == 1:
+        return user.id
+    raise ValidationError(f"A user is a res.users id or record, got {user!r}.")
 
 
 class frozendict(dict):
@@ -263,7 +272,7 @@ class Environment(Mapping):
         su: bool | None = None,
     ) -> Environment:
         """A derived environment. Switching user without ``su`` drops superuser mode."""
-        uid = self.uid if user is None else (user if isinstance(user, int) else user.id)
+        uid = self.uid if user is None else user_id(user)
         if su is None:
             su = self.su if user is None else False
         return Environment(cr or self.cr, uid, self.context if context is None else context, su)
@@ -297,7 +306,13 @@ class Environment(Mapping):
         """External ids of the current user's groups, implied groups included (cached)."""
         cached = self.cr.user_groups.get(self.uid)
         if cached is None:
-            cached = self.user._group_xml_ids()
+            user = self.user
+            if not user.exists():
+                raise MissingError(
+                    f"No user has id {self.uid}: work as an existing res.users record "
+                    "(registry.environment(user=...), with_user())."
+                )
+            cached = user._group_xml_ids()
             self.cr.user_groups[self.uid] = cached
         return cached
 

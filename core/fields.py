@@ -275,18 +275,31 @@ class Selection(Field):
 
 def merge_selection(base: Sequence, additions: Sequence) -> list:
     """Odoo's ``selection_add``: new pairs are appended, or placed before the value named by
-    an ``(value,)`` marker pair; a pair whose value already exists replaces its label."""
-    result = list(base)
+    the next ``(value,)`` marker; a pair whose value already exists replaces its label::
+
+        merge_selection([("a", "A"), ("b", "B")], [("c", "C"), ("b",)])
+        == [("a", "A"), ("c", "C"), ("b", "B")]
+    """
+    result = [tuple(item) for item in base]
+    pending: list[tuple] = []
     for item in additions:
         keys = [key for key, *_ in result]
         if len(item) == 1:
+            if item[0] not in keys:
+                raise ValueError(
+                    f"selection_add marker {tuple(item)!r} names no value of the selection "
+                    f"({', '.join(map(repr, keys))})."
+                )
+            position = keys.index(item[0])
+            result[position:position] = pending
+            pending = []
             continue
         key, label = item
         if key in keys:
             result[keys.index(key)] = (key, label)
         else:
-            result.append((key, label))
-    return result
+            pending.append((key, label))
+    return result + pending
 
 
 class Date(Field):
@@ -343,7 +356,8 @@ def to_utc(value: dt.datetime) -> dt.datetime:
 
 
 class Json(Field):
-    """Any JSON-serialisable value (JSONB on PostgreSQL)."""
+    """Any JSON value (JSONB on PostgreSQL); NaN and infinities are refused, as JSON has
+    none."""
 
     type = "json"
     column_type = sa.JSON(none_as_null=True).with_variant(
@@ -356,9 +370,9 @@ class Json(Field):
         try:
             # A round trip copies the value (no aliasing with the caller's dict) and proves
             # it serialisable before it reaches the database.
-            return json.loads(json.dumps(value))
+            return json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as exc:
-            raise self.type_error(value, f"JSON-serialisable data ({exc})") from None
+            raise self.type_error(value, f"JSON data ({exc})") from None
 
 
 class Binary(Field):

@@ -125,7 +125,7 @@ def _setup_class(cls: type[BaseModel]) -> None:
     }
     attrs: dict[str, object] = {}
     for klass in _definition_classes(cls):
-        for attr in ("_description", "_order", "_rec_name", "_sql_constraints"):
+        for attr in ("_description", "_order", "_rec_name", "_sql_constraints", "_table"):
             if attr in vars(klass):
                 attrs[attr] = vars(klass)[attr]
         for field_name, value in vars(klass).items():
@@ -163,9 +163,12 @@ def _merge_field(model: str, name: str, versions: list[fields.Field]) -> fields.
             )
         declared = dict(version.args)
         if "selection_add" in declared:
-            declared["selection"] = fields.merge_selection(
-                args.get("selection", []), declared.pop("selection_add")
-            )
+            try:
+                declared["selection"] = fields.merge_selection(
+                    args.get("selection", []), declared.pop("selection_add")
+                )
+            except ValueError as exc:
+                raise RegistryError(f"Field '{name}' of '{model}': {exc}") from None
         args.update(declared)
     field = object.__new__(field_type)
     try:

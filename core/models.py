@@ -412,6 +412,9 @@ class BaseModel:
             columns.append(column.label(spec))
             keys.append(spec)
         measures = []
+        # Aggregates come back as one Python type on both databases: counts int, averages
+        # float (PostgreSQL gives a Decimal for integers), sums and min/max as their field.
+        convert: dict[str, Callable[[Any], Any]] = {}
         for spec in aggregates:
             if spec == "__count":
                 measures.append(sa.func.count().label(spec))
@@ -429,6 +432,13 @@ class BaseModel:
                 else getattr(sa.func, func)(column)
             )
             measures.append(measure.label(spec))
+            field = self._fields.get(name)
+            if func == "avg":
+                convert[spec] = float
+            elif func in ("min", "max", "sum") and field is not None:
+                convert[spec] = lambda value, field=field: field.convert_to_read(
+                    field.convert_from_column(value), self
+                )
         query = sa.select(*columns, *measures).select_from(table).where(self._where(domain))
         if columns:
             query = query.group_by(*columns)
@@ -456,6 +466,9 @@ class BaseModel:
                     )
                 elif isinstance(group[spec], str):
                     group[spec] = dt.datetime.fromisoformat(group[spec]).replace(tzinfo=dt.UTC)
+            for spec, to_python in convert.items():
+                if group[spec] is not None:
+                    group[spec] = to_python(group[spec])
             groups.append(group)
         return groups
 

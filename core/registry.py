@@ -28,7 +28,7 @@ from . import addons as addon_loader
 from . import schema
 from .config import database_url
 from .database import create_engine
-from .environment import SUPERUSER_ID, Cursor, Environment
+from .environment import SUPERUSER_ID, Cursor, Environment, user_id
 from .exceptions import RegistryError
 from .model_classes import build_models
 from .models import BaseModel
@@ -128,7 +128,7 @@ class Registry(Mapping):
         (``su=True`` keeps the user but skips the checks). ``readonly`` is for long reads
         (see ``Cursor``).
         """
-        uid = SUPERUSER_ID if user is None else (user if isinstance(user, int) else user.id)
+        uid = SUPERUSER_ID if user is None else user_id(user)
         cr = self.cursor(readonly=readonly)
         try:
             yield Environment(cr, uid, context, su=bool(su))

@@ -163,10 +163,10 @@ def check_model_access(env: Environment, model: str, operation: str) -> None:
     """Raise AccessError unless one of the user's groups (or everyone) has the right."""
     if env.su:
         return
-    granted = env.registry.security.grants.get((model, operation), ())
+    granted = env.registry.security.grants.get((model, operation), set())
     if None in granted:
         return
-    if granted and not granted.isdisjoint(env.user_group_xml_ids()):
+    if not granted.isdisjoint(env.user_group_xml_ids()):  # (a missing user raises here)
         return
     raise AccessError(
         f"You are not allowed to {VERBS[operation]} '{model}' records: no access right of "
