@@ -154,6 +154,8 @@ def test_a_missing_user_is_a_clear_error(registry):
         registry.environment(user=4242) as env,
     ):
         env["test.partner"].search([])
-    with pytest.raises(ValidationError, match="A user is a res.users id or record"):
-        with registry.environment(user="alice"):
-            pass
+    with (
+        pytest.raises(ValidationError, match="A user is a res.users id or record"),
+        registry.environment(user="alice"),
+    ):
+        pass
