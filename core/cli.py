@@ -3,7 +3,13 @@
 Core commands live here; an addon adds its own by exposing ``commands`` (a list of click
 commands) in ``addons/<addon>/cli.py``. Commands that need the database get the registry from
 the context object (``ctx.obj.registry()``), built from ``--db-url`` / ``LLMJOBS_DB_URL`` and
-``--addons-path`` / ``LLMJOBS_ADDONS_PATH``.
+the project's addons plus the extra folders of ``LLMJOBS_ADDONS_PATH`` and ``--addons-path``
+(whose addons' commands are mounted too). A broken addon folder or command file, like any
+expected error, is one ``Error: ...`` line and exit status 1.
+
+Logging goes to stderr, at WARNING (``-v`` INFO, ``-vv`` DEBUG). The HTTP libraries' debug
+lines (which may quote headers) stay at INFO, and every secret the process handles is
+redacted from what is logged (core.redaction).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +27,22 @@ import click
 from . import addons as addon_loader
 from .config import database_url
 from .cron.cli import cron, worker
-from .exceptions import RegistryError, UserError
+from .exceptions import DatabaseUnavailable, RegistryError, UserError
+from .redaction import RedactingFilter
+
+# Third-party loggers whose debug lines can carry request headers.
+QUIET_LOGGERS = ("httpcore", "hpack", "h11")
 
 
 @dataclass
 class CliContext:
     db_url: str | None
-    addons_path: list[str] | None
+    extra_addons: list[str]
     _registry: object = field(default=None, repr=False)
+
+    @property
+    def addons_path(self) -> list[Path | str]:
+        return [addon_loader.PROJECT_ADDONS_DIR, *self.extra_addons]
 
     def registry(self):
         """The registry, built on first use (loads addons, syncs the schema)."""
@@ -37,9 +53,37 @@ class CliContext:
         return self._registry
 
 
-def _addons_path_from_env() -> list[str] | None:
+def _addons_path_from_env() -> list[str]:
     value = os.environ.get("LLMJOBS_ADDONS_PATH")
-    return [p for p in value.split(os.pathsep) if p] if value else None
+    return [p for p in value.split(os.pathsep) if p] if value else []
+
+
+def _addons_path_from_argv(argv: Sequence[str]) -> list[str]:
+    """The ``--addons-path`` values among the main group's options (before the command):
+    addon commands must be mounted before click parses the command line."""
+    found: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--addons-path":
+            value = next(args, None)
+            if value is not None:
+                found.append(value)
+        elif arg.startswith("--addons-path="):
+            found.append(arg.partition("=")[2])
+        elif arg == "--db-url":
+            next(args, None)
+        elif not arg.startswith("-"):
+            break  # the command: what follows is its own
+    return found
+
+
+def _setup_logging(verbose: int) -> None:
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,21 +91,22 @@ def _addons_path_from_env() -> list[str] | None:
     "--db-url",
     envvar="LLMJOBS_DB_URL",
     default=None,
-    help="Database URL (default: sqlite:///var/llmjobs.db).",
+    help="Database URL (default: sqlite:///<LLMJOBS_HOME>/llmjobs.db, LLMJOBS_HOME being "
+    "var/ in the project folder).",
 )
 @click.option(
     "--addons-path",
     multiple=True,
     type=click.Path(file_okay=False),
-    help="Extra addon folder (repeatable; default: the project's addons/).",
+    help="An extra addon folder, added to the project's addons/ (repeatable; also "
+    "LLMJOBS_ADDONS_PATH).",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
 def main(ctx: click.Context, db_url: str | None, addons_path: tuple[str, ...], verbose: int):
     """Durable LLM generation jobs on an Odoo-style addon framework."""
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = CliContext(database_url(db_url), list(addons_path) or _addons_path_from_env())
+    _setup_logging(verbose)
+    ctx.obj = CliContext(database_url(db_url), [*_addons_path_from_env(), *addons_path])
 
 
 @main.command()
@@ -106,30 +151,37 @@ main.add_command(worker)
 main.add_command(cron)
 
 
-def _mount_addon_commands() -> None:
+def _mount_addon_commands(extra_addons: list[str]) -> None:
     """Add the ``commands`` of every addon's ``cli.py`` to the main group."""
-    folders = addon_loader.addon_search_path(_addons_path_from_env())
+    folders = addon_loader.addon_search_path([addon_loader.PROJECT_ADDONS_DIR, *extra_addons])
     addon_loader.extend_import_path(folders)
     for folder in folders:
         for cli_file in sorted(Path(folder).glob("*/cli.py")):
             if not (cli_file.parent / "__manifest__.py").exists():
                 continue
-            module = importlib.import_module(f"addons.{cli_file.parent.name}.cli")
+            try:
+                module = importlib.import_module(f"addons.{cli_file.parent.name}.cli")
+            except Exception as exc:
+                where = f", line {exc.lineno}" if isinstance(exc, SyntaxError) else ""
+                raise RegistryError(
+                    f"Addon '{cli_file.parent.name}': its command file {cli_file} cannot be "
+                    f"loaded ({type(exc).__name__}: {getattr(exc, 'msg', exc)}{where})."
+                ) from None
             for command in getattr(module, "commands", ()):
                 main.add_command(command)
 
 
 def run() -> None:
     """Entry point: turn expected errors into one clear line and exit status 1."""
-    _mount_addon_commands()
     try:
+        _mount_addon_commands([*_addons_path_from_env(), *_addons_path_from_argv(sys.argv[1:])])
         main(standalone_mode=False)
     except click.exceptions.Abort:
         raise SystemExit(130) from None
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
-    except (RegistryError, UserError) as exc:
+    except (RegistryError, UserError, DatabaseUnavailable) as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(1) from None
     except SystemExit:

@@ -1,9 +1,14 @@
 """Settings read from the environment, with the defaults a fresh checkout needs.
 
-``LLMJOBS_DB_URL``      database URL (default: SQLite file ``var/llmjobs.db``)
-``LLMJOBS_SECRET_KEY``  Fernet key that encrypts secret fields at rest; when unset, a key is
-                        generated once into ``var/secret.key`` (share that key between machines
-                        using one PostgreSQL database)
+The default database and the key file live in one place, the *home* folder, whatever folder a
+command runs from (a worker started elsewhere finds the same database and key)::
+
+    LLMJOBS_HOME             the home folder (default: var/ in the project folder)
+    LLMJOBS_DB_URL           the database URL (default: SQLite file <home>/llmjobs.db)
+    LLMJOBS_SECRET_KEY       the Fernet key that encrypts secret fields at rest; when unset it
+                             is read from LLMJOBS_SECRET_KEY_FILE (default: <home>/secret.key),
+                             generated there on first use (machines sharing one PostgreSQL
+                             database must share the key)
 """
 
 from __future__ import annotations
@@ -11,13 +16,33 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_DB_URL = "sqlite:///var/llmjobs.db"
-DEFAULT_SECRET_KEY_FILE = "var/secret.key"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def home() -> Path:
+    """The folder of the default database and key file."""
+    configured = os.environ.get("LLMJOBS_HOME")
+    return Path(configured).resolve() if configured else PROJECT_DIR / "var"
 
 
 def database_url(explicit: str | None = None) -> str:
-    """The database URL: the explicit value, else ``LLMJOBS_DB_URL``, else the SQLite default."""
-    return explicit or os.environ.get("LLMJOBS_DB_URL") or DEFAULT_DB_URL
+    """The database URL: the explicit value, else ``LLMJOBS_DB_URL``, else the SQLite file in
+    the home folder."""
+    return explicit or os.environ.get("LLMJOBS_DB_URL") or f"sqlite:///{home() / 'llmjobs.db'}"
+
+
+def secret_key_file() -> Path:
+    """The file the Fernet key is read from (and generated into) when LLMJOBS_SECRET_KEY is
+    not set."""
+    configured = os.environ.get("LLMJOBS_SECRET_KEY_FILE")
+    return Path(configured).resolve() if configured else home() / "secret.key"
+
+
+def secret_key_source() -> str:
+    """Where the key comes from, for messages (never the key itself)."""
+    if os.environ.get("LLMJOBS_SECRET_KEY"):
+        return "LLMJOBS_SECRET_KEY"
+    return f"the key file {secret_key_file()}"
 
 
 def secret_key() -> bytes:
@@ -27,7 +52,7 @@ def secret_key() -> bytes:
     key = os.environ.get("LLMJOBS_SECRET_KEY")
     if key:
         return key.encode()
-    path = Path(os.environ.get("LLMJOBS_SECRET_KEY_FILE", DEFAULT_SECRET_KEY_FILE))
+    path = secret_key_file()
     if path.exists():
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)

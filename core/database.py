@@ -13,14 +13,19 @@ workers committed.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from .exceptions import DatabaseUnavailable, RegistryError
+
+_logger = logging.getLogger(__name__)
 
 # How long a SQLite transaction waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = int(os.environ.get("LLMJOBS_SQLITE_BUSY_TIMEOUT_MS", "30000"))
@@ -149,4 +154,50 @@ def raise_if_unavailable(error: BaseException) -> None:
         return
     reason = transient_reason(error)
     if reason is not None:
+        availability.lost(reason)
         raise DatabaseUnavailable(reason) from error
+
+
+class Availability:
+    """Whether this process reaches its database, as its units of work find out (a cursor
+    reports each failure, and each write transaction that commits): one warning when it
+    stops, one line when it has been back for STABLE_SECONDS, whatever the number of
+    threads, jobs and retries that notice. An outage starting again within QUIET_SECONDS of a
+    warning is not announced again."""
+
+    QUIET_SECONDS = 10.0
+    STABLE_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._last_loss = 0.0
+        self._announced = False
+        self._last_warning = -self.QUIET_SECONDS
+
+    def lost(self, reason: str) -> None:
+        with self._lock:
+            now = self._last_loss = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+            if not self._announced and now - self._last_warning >= self.QUIET_SECONDS:
+                self._announced, self._last_warning = True, now
+                _logger.warning(
+                    "The database is unavailable (%s): work waits for it and goes on when it "
+                    "is back.",
+                    reason,
+                )
+
+    def reached(self) -> None:
+        if self._down_since is None:  # the common case: no lock
+            return
+        with self._lock:
+            if self._down_since is None or time.monotonic() - self._last_loss < self.STABLE_SECONDS:
+                return  # still failing now and then: not back yet
+            lasted, self._down_since = self._last_loss - self._down_since, None
+            if self._announced:
+                self._announced = False
+                _logger.warning("The database is reachable again (it failed for %.1f s).", lasted)
+
+
+availability = Availability()

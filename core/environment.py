@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .database import raise_if_unavailable
+from .database import availability, raise_if_unavailable
 from .exceptions import MissingError, RegistryError, ValidationError
 
 if TYPE_CHECKING:
@@ -177,6 +177,8 @@ class Cursor:
                 raise_if_unavailable(error)
                 raise
             self._release()
+            if not self.readonly:  # a write transaction got through: the database is back
+                availability.reached()
         self._reset()
         hooks, self._postcommit = self._postcommit, []
         for hook in hooks:

@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.dialects import postgresql
 
-from .exceptions import ValidationError
+from . import redaction
+from .exceptions import RegistryError, ValidationError
 
 if TYPE_CHECKING:
     from .models import BaseModel
@@ -405,6 +406,7 @@ class Secret(Field):
             return value
         if not isinstance(value, str):
             raise self.type_error(value, "a string")
+        redaction.remember(value)
         return SecretStr(value)
 
     def convert_to_column(self, value):
@@ -417,14 +419,18 @@ class Secret(Field):
             return None
         from cryptography.fernet import InvalidToken
 
+        from .config import secret_key_source
+
         try:
-            return SecretStr(_fernet().decrypt(value.encode()).decode())
+            clear = _fernet().decrypt(value.encode()).decode()
         except InvalidToken:
             raise ValidationError(
-                f"Field '{self.name}' of '{self.model_name}' cannot be decrypted with the "
-                "configured key (LLMJOBS_SECRET_KEY or var/secret.key): it was written with "
-                "another key. Configure that key, or set the value again."
+                f"Field '{self.name}' of '{self.model_name}' cannot be decrypted with "
+                f"{secret_key_source()}: it was written with another key. Configure that "
+                "key (LLMJOBS_SECRET_KEY or LLMJOBS_SECRET_KEY_FILE), or set the value again."
             ) from None
+        redaction.remember(clear)
+        return SecretStr(clear)
 
 
 _FERNET = None
@@ -435,9 +441,16 @@ def _fernet():
     if _FERNET is None:
         from cryptography.fernet import Fernet
 
-        from .config import secret_key
+        from .config import secret_key, secret_key_source
 
-        _FERNET = Fernet(secret_key())
+        try:
+            _FERNET = Fernet(secret_key())
+        except ValueError:
+            raise RegistryError(
+                f"The secret key from {secret_key_source()} is not a Fernet key (32 url-safe "
+                "base64-encoded bytes); generate one with `python -c 'from "
+                "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
+            ) from None
     return _FERNET
 
 

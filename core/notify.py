@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from .database import availability
+
 if TYPE_CHECKING:
     from core.environment import Cursor
     from core.registry import Registry
@@ -109,11 +111,9 @@ class Notifier:
                             listening.add(channel)
                         for notification in connection.notifies(timeout=0.5):
                             self.signal(notification.channel, notification.payload)
-            except psycopg.Error as exc:
-                _logger.warning(
-                    "Notification listener lost its connection (%s); reconnecting",
-                    type(exc).__name__,
-                )
+            except psycopg.Error as exc:  # the outage is logged once, by core.database
+                availability.lost("the notification listener lost its connection")
+                _logger.debug("Notification listener: %s; reconnecting", type(exc).__name__)
                 self._stop.wait(1)
 
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from . import addons as addon_loader
 from . import schema
 from .config import database_url
-from .database import create_engine
+from .database import create_engine, raise_if_unavailable
 from .environment import SUPERUSER_ID, Cursor, Environment, user_id
 from .exceptions import RegistryError
 from .model_classes import build_models
@@ -101,10 +101,14 @@ class Registry(Mapping):
 
     def sync_schema(self) -> list[str]:
         """Create missing tables and columns, then run the models' ``_register_hook``."""
-        with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-            done = schema.sync(connection, self.metadata)
+        try:
+            with self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+                done = schema.sync(connection, self.metadata)
+        except Exception as error:
+            raise_if_unavailable(error)
+            raise
         with self.environment() as env:
             for model_name in self.models:
                 if not self.models[model_name]._abstract:

@@ -16,8 +16,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .cron import CronScheduler, load_cron_file
 from .exceptions import DatabaseUnavailable
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 _logger = logging.getLogger(__name__)
+T = TypeVar("T")
 STOP_TIMEOUT = float(os.environ.get("LLMJOBS_STOP_TIMEOUT", "20"))
 STARTUP_PATIENCE = 120.0
 
@@ -40,7 +42,7 @@ def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
     started: list[Service] = []
     try:
         for service in services:
-            _start_when_reachable(service, stop)
+            when_reachable(service.start, service.name, stop)
             started.append(service)
         _logger.warning(
             "Worker %d running (crons: %s; services: %s); stop it with Ctrl-C or SIGTERM",
@@ -55,20 +57,19 @@ def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
             service.stop(STOP_TIMEOUT)
 
 
-def _start_when_reachable(service: Service, stop: threading.Event) -> None:
-    """Start ``service``; while the database is unavailable, wait and try again (up to
-    STARTUP_PATIENCE seconds, or until a stop signal): a worker started during a database
+def when_reachable(action: Callable[[], T], what: str, stop: threading.Event | None = None) -> T:
+    """``action()``; while the database is unavailable, wait and try again (up to
+    STARTUP_PATIENCE seconds, or until ``stop`` is set): a worker started during a database
     restart waits for it rather than exiting."""
     deadline, delay = time.monotonic() + STARTUP_PATIENCE, 0.1
     while True:
         try:
-            service.start()
-            return
+            return action()
         except DatabaseUnavailable as error:
-            if stop.is_set() or time.monotonic() + delay > deadline:
+            if (stop is not None and stop.is_set()) or time.monotonic() + delay > deadline:
                 raise
-            _logger.warning("Cannot start %s yet: %s; waiting", service.name, error.reason)
-            stop.wait(delay)
+            _logger.warning("Cannot start %s yet: %s; waiting", what, error.reason)
+            time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 

@@ -1,8 +1,7 @@
-"""cron.yaml: every malformed input is a clear error naming the entry and its line; entries of
-models that are not loaded are skipped; the rows follow the file."""
+"""cron.yaml: every malformed input, an unknown model or method included, is a clear error
+naming the entry and its line; the rows follow the file."""
 
 import datetime as dt
-import logging
 
 import pytest
 
@@ -21,10 +20,6 @@ GOOD = """\
   method: fail
   interval: 2 minutes
   active: false
-- name: elsewhere
-  model: llm.thread
-  method: anything
-  interval: 1 day
 """
 
 
@@ -61,6 +56,13 @@ def entry(**values) -> str:
         (entry(interval="2 weeks"), r"interval '2 weeks' must be"),
         (entry(interval="30"), r"interval 30 must be"),
         (entry(method="nope"), r"Cron 'a' \(.*line 2\): model 'test.cron.tick' has no method"),
+        (entry(method="record_tik"), r"no method 'record_tik' \(did you mean 'record_tick'\?\)"),
+        (
+            entry(model="test.cron.tik"),
+            r"Cron 'a' \(.*line 2\): no loaded addon defines the model 'test.cron.tik' "
+            r"\(did you mean 'test.cron.tick'\?\)",
+        ),
+        (entry(model="llm.thread"), r"no loaded addon defines the model 'llm.thread'\. Fix"),
         (entry(method="label"), r"has no method 'label'"),  # a field is not a method
         (entry(args="[1]"), r"Cron 'a' .*args must be a mapping"),
         (entry(active="maybe"), r"Cron 'a' .*active must be true or false"),
@@ -89,15 +91,12 @@ def test_empty_files_declare_nothing(cron_registry, write, text):
     assert load_cron_file(cron_registry, write(text)).entries == ()
 
 
-def test_good_file(cron_registry, write, caplog):
-    caplog.set_level(logging.INFO, logger="core.cron")
+def test_good_file(cron_registry, write):
     config = load_cron_file(cron_registry, write(GOOD))
     ticker, failing = config.entries
     assert (ticker.name, ticker.interval_number, ticker.interval_type) == ("ticker", 1, "seconds")
     assert ticker.where.endswith("cron.yaml line 2") and ticker.active and ticker.args == {}
     assert failing.interval_seconds == 120 and not failing.active
-    assert config.skipped == ("elsewhere",)
-    assert "Cron 'elsewhere' (" in caplog.text and "model 'llm.thread' is not loaded" in caplog.text
 
 
 def test_the_project_cron_file_is_valid(tmp_path):
@@ -107,7 +106,7 @@ def test_the_project_cron_file_is_valid(tmp_path):
         config = load_cron_file(registry, DEFAULT_FILE)
     finally:
         registry.close()
-    assert config.entries and not config.skipped
+    assert config.entries
 
 
 def test_rows_follow_the_file(cron_registry, write):
@@ -137,7 +136,7 @@ def test_rows_follow_the_file(cron_registry, write):
         failing = env["ir.cron"].browse(ids["failing"])
         assert failing.active and (failing.interval_number, failing.interval_type) == (3, "seconds")
         assert not env["ir.cron"].browse(ids["ticker"]).active  # no longer declared
-        assert env["ir.cron"].search([("name", "=", "elsewhere")]).active  # declared, skipped here
+        assert env["ir.cron"].search([("name", "=", "elsewhere")]).active  # not our model
 
 
 def test_a_shorter_interval_takes_effect_at_once(cron_registry, write):

@@ -44,7 +44,7 @@ def test_naive_datetimes_are_taken_as_utc(env):
         ({"name": "A", "kind": "robot"}, "allowed values: person, company"),
         ({"name": "A", "birthday": "yesterday"}, "expects a date"),
         ({"name": "A", "last_seen": 5}, "expects a datetime"),
-        ({"name": "A", "data": {1, 2}}, "JSON-serialisable"),
+        ({"name": "A", "data": {1, 2}}, "expects JSON data"),
         ({"name": "A", "parent_id": "Acme"}, "expects an id or a 'test.partner' record"),
         ({"age": 3}, "Missing required value for field 'name'"),
         ({"name": "A", "nickname": "x"}, "has no field 'nickname'"),

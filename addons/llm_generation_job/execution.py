@@ -68,11 +68,23 @@ class AttemptControl:
 
     def __init__(self, lease: Lease):
         self.lease = lease
-        self.aborted: str | None = None  # "fenced" (cancel or lease lost) or "shutdown"
+        # "fenced" (cancel requested or lease lost), "shutdown" or "deadline"
+        self.aborted: str | None = None
         self.outcome: str | None = None
+        self.deadline_seconds: float | None = None
+        self._deadline: float | None = None
         self._client: httpx.Client | None = None
         self._socket: socket.socket | None = None
         self._lock = threading.Lock()
+
+    def start_deadline(self, seconds: float | None) -> None:
+        """The attempt's stream may last ``seconds`` from now (None: no limit)."""
+        if seconds:
+            self.deadline_seconds = seconds
+            self._deadline = time.monotonic() + seconds
+
+    def past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
 
     def attach(self, client: httpx.Client) -> None:
         with self._lock:
@@ -140,11 +152,7 @@ def run_attempt(registry: Registry, lease: Lease, control: AttemptControl | None
     try:
         return _start(registry, lease, control)
     except DatabaseUnavailable as error:
-        _logger.warning(
-            "Generation job %s could not start: %s; handing it back to its queue",
-            lease.job_id,
-            error.reason,
-        )
+        _logger.debug("Generation job %s could not start (%s); handed back", lease.job_id, error)
         return hand_back(registry, control, f"The worker lost the database ({error.reason}).")
     finally:
         _CURRENT.reset(token)
@@ -162,15 +170,13 @@ def _start(registry: Registry, lease: Lease, control: AttemptControl) -> str:
             raise
         except Exception as error:
             env.cr.rollback()
-            message = f"The provider refused the job: {error}"
-            retryable = getattr(error, "retryable", False)
-            retry_after = getattr(error, "retry_after", None)
+            text, retryable, retry_after = _failure(error, lease.job_id)
             return persist(
                 registry,
                 control,
                 lambda store: (
                     "failed"
-                    if store.fail(lease, message, retryable=retryable, retry_after=retry_after)
+                    if store.fail(lease, text, retryable=retryable, retry_after=retry_after)
                     else "lost"
                 ),
             )
@@ -184,25 +190,21 @@ def persist(registry: Registry, control: AttemptControl, unit: Callable[[JobStor
     database is unavailable, for up to OUTAGE_PATIENCE seconds or until the worker shuts
     down. Returns what ``unit`` returns, or "interrupted" when it gave up (the lease then
     expires and the job is taken back)."""
-    delay, deadline, warned = _BACKOFF_FIRST, time.monotonic() + OUTAGE_PATIENCE, False
+    delay, deadline = _BACKOFF_FIRST, time.monotonic() + OUTAGE_PATIENCE
     while True:
         try:
             with registry.environment() as env:
                 return unit(JobStore(env))
-        except DatabaseUnavailable as error:
+        except DatabaseUnavailable as error:  # core.database logs the outage, once
             if control.aborted == "shutdown" or time.monotonic() + delay > deadline:
                 _logger.warning(
-                    "Generation job %s: %s; giving up: its lease will expire and "
-                    "the job will run again",
+                    "Generation job %s: %s; giving up: its lease will expire and the job will "
+                    "run again",
                     control.lease.job_id,
                     error.reason,
                 )
                 return "interrupted"
-            if not warned:
-                _logger.warning(
-                    "Generation job %s: %s; trying again", control.lease.job_id, error.reason
-                )
-                warned = True
+            _logger.debug("Generation job %s waits for the database", control.lease.job_id)
             time.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 
@@ -234,6 +236,7 @@ def stream_job_in_worker(job) -> None:
     request = _request(*started)
     job.env.cr.commit()  # nothing of the caller's transaction may stay open while streaming
     reply = _Reply(registry, control)
+    control.start_deadline(request["deadline"])
     try:
         _stream(registry, request, reply, control)
     except _Stopped:
@@ -242,22 +245,30 @@ def stream_job_in_worker(job) -> None:
         control.outcome = hand_back(
             registry, control, f"The worker lost the database ({error.reason})."
         )
-    except (ProviderError, httpx.HTTPError, RuntimeError) as error:
-        if control.aborted:  # we closed the connection ourselves (cancel, lease, shutdown)
-            control.outcome = reply.stop()
-        elif isinstance(error, ProviderError):
-            control.outcome = reply.fail(
-                str(error), retryable=error.retryable, retry_after=error.retry_after
-            )
-        else:
-            control.outcome = reply.fail(
-                f"Connection to the provider failed: {type(error).__name__}", retryable=True
-            )
     except Exception as error:
-        _logger.exception("Generation job %s failed unexpectedly", job.id)
-        control.outcome = reply.fail(f"Unexpected error in the worker: {error}", retryable=False)
+        if control.aborted and isinstance(error, ProviderError | httpx.HTTPError | RuntimeError):
+            control.outcome = reply.stop()  # we closed the connection ourselves
+        else:
+            text, retryable, retry_after = _failure(error, job.id)
+            control.outcome = reply.fail(text, retryable=retryable, retry_after=retry_after)
     else:
         control.outcome = reply.stop() if control.aborted else reply.complete()
+
+
+def _failure(error: BaseException, job_id: int) -> tuple[str, bool, float | None]:
+    """What to tell people about ``error``, and whether to retry: the provider's own words
+    for a ProviderError, the message of a UserError; for anything else (a bug) a sentence
+    pointing at the worker's log, where the details go, never the error's text (it may quote
+    SQL, parameters or a reply)."""
+    if isinstance(error, ProviderError):
+        return error.summary, error.retryable, error.retry_after
+    if isinstance(error, UserError):
+        return str(error), False, None
+    if isinstance(error, httpx.HTTPError):
+        return f"The connection to the provider failed ({type(error).__name__}).", True, None
+    _logger.error("Generation job %s failed unexpectedly", job_id, exc_info=error)
+    kind = type(error).__name__
+    return f"The worker failed unexpectedly ({kind}); the details are in its log.", False, None
 
 
 def _request(job, reply) -> dict[str, Any]:
@@ -274,6 +285,9 @@ def _request(job, reply) -> dict[str, Any]:
         "messages": messages,
         "options": dict(inputs.get("options") or {}),
         "timeout": job.provider_id.timeout or None,
+        "deadline": job.env["llm.generation.queue"]
+        ._get_or_create_queue(job.provider_id.id)
+        .attempt_deadline_seconds,
         "message_id": reply.id,
     }
 
@@ -301,6 +315,8 @@ def _stream(
             env.cr.commit()  # the stream holds no connection (a later read takes one again)
             try:
                 for event in stream:
+                    if control.past_deadline():
+                        control.abort("deadline")
                     if control.aborted:
                         raise _Stopped
                     if isinstance(event, TextDelta):
@@ -330,7 +346,6 @@ class _Reply:
         self.last_save = 0.0
         self.usage: Usage | None = None
         self.finish: Finish | None = None
-        self._outage: str | None = None
 
     @property
     def text(self) -> str:
@@ -349,23 +364,11 @@ class _Reply:
         try:
             with self.registry.environment() as env:
                 held = JobStore(env).save_progress(self.lease, self.text)
-        except DatabaseUnavailable as error:
-            if self._outage is None:
-                _logger.warning(
-                    "Generation job %s: %s; streaming on, saving the reply when "
-                    "the database is back",
-                    self.lease.job_id,
-                    error.reason,
-                )
-            self._outage = error.reason
+        except DatabaseUnavailable as error:  # core.database logs the outage, once
+            _logger.debug("Job %s streams on without saving: %s", self.lease.job_id, error)
             return
         if not held:
             raise _Stopped
-        if self._outage is not None:
-            _logger.warning(
-                "Generation job %s: the database is back; reply saved", self.lease.job_id
-            )
-            self._outage = None
         self.saved = len(self.parts)
 
     def complete(self) -> str:
@@ -400,8 +403,14 @@ class _Reply:
         )
 
     def stop(self) -> str:
-        """The attempt was aborted: record a requested cancellation; on a shutdown hand the
-        job back; a lost lease leaves the job to whoever owns it now."""
+        """The attempt was aborted: past its deadline it failed (retryably); otherwise record
+        a requested cancellation; on a shutdown hand the job back; a lost lease leaves the job
+        to whoever owns it now."""
+        if self.control.aborted == "deadline":
+            limit = self.control.deadline_seconds
+            return self.fail(
+                f"The reply took longer than its queue allows ({limit:g} s).", retryable=True
+            )
         shutdown = self.control.aborted == "shutdown"
 
         def stop(store: JobStore) -> str:

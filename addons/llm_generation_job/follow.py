@@ -9,7 +9,15 @@ status updates::
 
 While the job waits in a queue that no live worker serves, its status says so (``workers``
 is 0, the message names the command that starts one) and the follower keeps following: the
-job starts as soon as a worker does.
+job starts as soon as a worker does. A failed attempt with a retry to come is a status too::
+
+    {'type': 'job_status', 'job_id': 7, 'state': 'retrying', 'retry_at': '2026-...',
+     'message': "Provider 'p' failed: HTTP 503 ... Retrying at 10:42:07 UTC (attempt 2 of 4)."}
+
+and the new attempt's reply follows (a ``message_update`` shows the reply starting over). The
+follower ends with the job: ``done``, ``cancelled``, or ``error`` once no retry is left. While
+the database is unavailable it says so once, keeps looking, less often, and goes on when the
+database is back.
 
 Each look at the job is its own short read-only transaction, so the generator always sees
 what the worker committed and never holds a lock while it waits. It waits for the worker's
@@ -22,11 +30,14 @@ the thread.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from addons.llm_thread import updates
+from core import DatabaseUnavailable
 from core.notify import notifier_for
 
 from .signals import CHANNELS, PROGRESS
@@ -35,6 +46,7 @@ if TYPE_CHECKING:
     from core.registry import Registry
 
 POLL_INTERVAL = {"postgresql": 1.0, "sqlite": 0.2}
+OUTAGE_POLL_MAX = 5.0  # seconds between looks while the database is unavailable
 STATUS_TEXT = {"running": "Generating the reply...", "queued": "Queued (position {position})"}
 NO_WORKER_TEXT = (
     "Queued (position {position}); no worker is running for this queue: start "
@@ -42,7 +54,44 @@ NO_WORKER_TEXT = (
 )
 
 
+@dataclass(frozen=True)
+class _Look:
+    """What one look at the job saw."""
+
+    state: str
+    position: int | None
+    workers: int | None
+    message: dict[str, Any] | None
+    body: str
+    error: str
+    retry_at: dt.datetime | None
+
+    @property
+    def retry_pending(self) -> bool:
+        return self.state == "failed" and self.retry_at is not None
+
+
+def _look(env, job_id: int) -> _Look:
+    job = env["llm.generation.job"].browse(job_id)
+    state = job.state
+    queued = state == "queued"
+    message = job.output_message_id
+    return _Look(
+        state=state,
+        position=job._queue_position() if queued else None,
+        workers=env["llm.generation.worker"].live_count(job.provider_id.id) if queued else None,
+        message=updates.message_payload(message) if message else None,
+        body=(message.body or "") if message else "",
+        error=job.error_message or "",
+        retry_at=(job.next_retry_at or None) if job.error_kind == "retryable" else None,
+    )
+
+
 def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
+    """The job's updates until it ends: completed, cancelled, or failed with no retry to
+    come. A failure with a retry scheduled is a ``retrying`` status, and the new attempt's
+    reply follows; while the database is unavailable, a status says so once and the
+    follower keeps looking, less often."""
     registry = env.registry
     notifier = notifier_for(registry)
     notifier.listen(*CHANNELS)
@@ -50,35 +99,29 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
     last_status: tuple | None = None
     sent = ""
     announced = False
+    outage_delay: float | None = None
     while True:
         since = notifier.generation(PROGRESS, job_id)
-        with registry.environment(user=env.uid, su=env.su, readonly=True) as watch:
-            job = watch["llm.generation.job"].browse(job_id)
-            state = job.state
-            position = job._queue_position() if state == "queued" else None
-            workers = (
-                watch["llm.generation.worker"].live_count(job.provider_id.id)
-                if state == "queued"
-                else None
-            )
-            message = job.output_message_id
-            message_data = updates.message_payload(message) if message else None
-            body = message.body or "" if message else ""
-            error = job.error_message or ""
-            retry_at = job.next_retry_at
-        status = (state, position, bool(workers))
-        if status != last_status and state in ("queued", "running"):
-            text = NO_WORKER_TEXT if state == "queued" and not workers else STATUS_TEXT[state]
-            update = {
-                "type": "job_status",
-                "job_id": job_id,
-                "state": state,
-                "position": position,
-                "message": text.format(position=position),
-            }
-            if state == "queued":
-                update["workers"] = workers
-            yield update
+        try:
+            with registry.environment(user=env.uid, su=env.su, readonly=True) as watch:
+                look = _look(watch, job_id)
+        except DatabaseUnavailable as error:
+            if outage_delay is None:
+                state = last_status[0] if last_status else "unknown"
+                note = (
+                    f"The database is unavailable for the moment ({error.reason}); still "
+                    "following the job."
+                )
+                yield {"type": "job_status", "job_id": job_id, "state": state, "message": note}
+                last_status, outage_delay = None, poll
+            time.sleep(outage_delay)
+            outage_delay = min(outage_delay * 2, OUTAGE_POLL_MAX)
+            continue
+        outage_delay = None
+        state, message_data, body = look.state, look.message, look.body
+        status = (state, look.position, bool(look.workers), look.retry_at)
+        if status != last_status and (state in ("queued", "running") or look.retry_pending):
+            yield _status_update(job_id, look)
             last_status = status
         if message_data and not announced:
             yield updates.message_create(message_data)
@@ -93,21 +136,39 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
             yield updates.message_update(message_data)
             yield updates.done(message_data, job_id=job_id)
             return
-        if state == "failed":
+        if state == "failed" and not look.retry_pending:
             if message_data:
                 yield updates.message_update(message_data)
-            yield updates.error(
-                error or "The generation failed.",
-                job_id=job_id,
-                retry_at=retry_at.isoformat() if retry_at else None,
-            )
+            yield updates.error(look.error or "The generation failed.", job_id=job_id)
             return
         if state == "cancelled":
             if message_data:
                 yield updates.message_update(message_data)
-            yield {"type": "cancelled", "job_id": job_id, "message": error or "Cancelled."}
+            yield {"type": "cancelled", "job_id": job_id, "message": look.error or "Cancelled."}
             return
         notifier.wait(PROGRESS, job_id, since, poll)
+
+
+def _status_update(job_id: int, look: _Look) -> dict[str, Any]:
+    if look.retry_pending:
+        return {
+            "type": "job_status",
+            "job_id": job_id,
+            "state": "retrying",
+            "retry_at": look.retry_at.isoformat(),
+            "message": look.error,
+        }
+    text = NO_WORKER_TEXT if look.state == "queued" and not look.workers else None
+    update = {
+        "type": "job_status",
+        "job_id": job_id,
+        "state": look.state,
+        "position": look.position,
+        "message": (text or STATUS_TEXT[look.state]).format(position=look.position),
+    }
+    if look.state == "queued":
+        update["workers"] = look.workers
+    return update
 
 
 def wait_finished(
@@ -118,15 +179,15 @@ def wait_finished(
     poll: float = 0.2,
     on_poll: Callable[[list[str]], None] | None = None,
 ) -> None:
-    """Wait until none of the jobs is queued or running (TimeoutError after ``timeout``
-    seconds); ``on_poll(states)`` sees the jobs' states at each look."""
-    from .store import ACTIVE_STATES
+    """Wait until none of the jobs is queued, running or waiting for its retry (TimeoutError
+    after ``timeout`` seconds); ``on_poll(states)`` sees the jobs' states at each look."""
+    from .store import BUSY
 
     deadline = time.monotonic() + timeout
     while True:
         with registry.environment(readonly=True) as env:
             jobs = env["llm.generation.job"]
-            unfinished = jobs.search_count([("id", "in", job_ids), ("state", "in", ACTIVE_STATES)])
+            unfinished = jobs.search_count([("id", "in", job_ids), *BUSY])
             if on_poll is not None:
                 on_poll(jobs.browse(job_ids).mapped("state"))
         if not unfinished:

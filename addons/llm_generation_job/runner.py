@@ -9,14 +9,15 @@
     heartbeat thread    every BEAT_SECONDS, and at once on "cancel" signals: renews the leases
                         of the running attempts in one statement (an attempt whose lease was
                         lost or whose cancellation was requested is aborted: its stream is
-                        closed) and beats the worker's row (llm.generation.worker)
+                        closed; so is one past its queue's attempt deadline) and beats the
+                        worker's row (llm.generation.worker)
 
 Stopping (SIGTERM): the dispatcher ends first, so no claim is in flight; running attempts get
 ``timeout`` seconds to finish, then are aborted and their jobs handed back to the queue at
 once (not counted as a retry); a lease handed to a stopping runner is handed back too. The
-worker's row then says it stopped. While the database is unavailable the threads log it once
-and try again; an attempt that crashes (a bug) fails retryably, so it neither holds its job
-until its lease expires nor loops forever.
+worker's row then says it stopped. While the database is unavailable the threads try again
+(core.database logs the outage once per process); an attempt that crashes (a bug) fails
+retryably, so it neither holds its job until its lease expires nor loops forever.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ class JobRunner:
         self._heartbeat: threading.Thread | None = None
         self._provider_ids: list[int] = []
         self._worker_id: int | None = None
-        self._outage: dict[str, str] = {}  # thread -> reason, while the database is away
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -191,9 +191,7 @@ class JobRunner:
                     self._maintenance()
                     maintenance_due = time.monotonic() + min(LEASE_SECONDS / 3, self.poll_interval)
                 self._claim()
-                self._database_back("dispatcher")
-            except DatabaseUnavailable as error:
-                self._database_away("dispatcher", error)
+            except DatabaseUnavailable:  # core.database logs the outage, once
                 self._stopping.wait(1)
             except Exception:
                 _logger.exception("Claiming generation jobs failed; trying again shortly")
@@ -231,9 +229,8 @@ class JobRunner:
             since = self.notifier.generation(CANCEL)
             try:
                 self._beat()
-                self._database_back("heartbeat")
-            except DatabaseUnavailable as error:
-                self._database_away("heartbeat", error)
+            except DatabaseUnavailable:  # core.database logs the outage, once
+                pass
             except Exception:
                 _logger.exception("The worker's heartbeat failed; trying again shortly")
             self.notifier.wait(CANCEL, "", since, BEAT_SECONDS)
@@ -245,17 +242,7 @@ class JobRunner:
             held = set(JobStore(env).renew(list(controls)))
             env["llm.generation.worker"].browse(self._worker_id).beat(len(controls), BEAT_SECONDS)
         for lease, control in controls.items():
-            if lease not in held:
+            if control.past_deadline():  # a reply trickling in, or a provider gone silent
+                control.abort("deadline")
+            elif lease not in held:
                 control.abort("fenced")
-
-    # -- outages -----------------------------------------------------------------------------
-    def _database_away(self, part: str, error: DatabaseUnavailable) -> None:
-        if part not in self._outage:
-            _logger.warning(
-                "The worker's %s cannot reach the database (%s); retrying", part, error.reason
-            )
-        self._outage[part] = error.reason
-
-    def _database_back(self, part: str) -> None:
-        if self._outage.pop(part, None) is not None:
-            _logger.warning("The worker's %s reaches the database again", part)

@@ -107,6 +107,15 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'s' if count != 1 else ''}"
+
+
 def _expiry(now: dt.datetime) -> dt.datetime:
     return now + dt.timedelta(seconds=LEASE_SECONDS)
 
@@ -421,7 +430,7 @@ class JobStore:
                     job,
                     condition,
                     "failed",
-                    error=f"{LOST} No retries left.",
+                    error=f"{LOST} Gave up after {_attempts(job.retry_count + 1)}.",
                     error_kind="retryable",
                     attempt_outcome="lost",
                 )
@@ -544,7 +553,8 @@ class JobStore:
         self._fail(
             job,
             [("state", "=", "running"), ("external_job_id", "=", job.external_job_id)],
-            f"No result from the provider after {timeout}.",
+            f"No result from the provider after {timeout.total_seconds():g} s (the queue's "
+            "attempt deadline).",
             retryable=True,
         )
         return True
@@ -598,16 +608,28 @@ class JobStore:
         retry_after: float | None = None,
         attempt_id: int | None = None,
     ) -> None:
+        """Fail the attempt; the job's error says what happened and what happens next."""
         queue = self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
-        retry_at = False
-        if retryable and job.retry_count < job.max_retries and queue.auto_retry_failed:
+        retry_at, attempt = False, job.retry_count + 1
+        if not retryable:
+            text = error.strip()  # the provider's words, as they are
+        elif not queue.auto_retry_failed:
+            text = f"{_sentence(error)} Not retried: its queue does not retry automatically "
+            text += "(retry it by hand)."
+        elif job.retry_count >= job.max_retries:
+            text = f"{_sentence(error)} Gave up after {_attempts(attempt)}."
+        else:
             delay = backoff.retry_delay(job.retry_count, queue.retry_delay_minutes, retry_after)
             retry_at = _now() + dt.timedelta(seconds=delay)
+            text = (
+                f"{_sentence(error)} Retrying at {retry_at:%H:%M:%S} UTC (attempt {attempt + 1} "
+                f"of {job.max_retries + 1})."
+            )
         self._close(
             job,
             condition,
             "failed",
-            error=error,
+            error=text,
             error_kind="retryable" if retryable else "permanent",
             next_retry_at=retry_at,
             attempt_id=attempt_id,

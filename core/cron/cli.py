@@ -23,9 +23,9 @@ cron_file_option = click.option(
 @click.pass_obj
 def worker(obj, cron_file: Path | None):
     """Run the crons and the addons' background services until SIGTERM or Ctrl-C."""
-    from ..worker import run_worker
+    from ..worker import run_worker, when_reachable
 
-    run_worker(obj.registry(), cron_file)
+    run_worker(when_reachable(obj.registry, "the registry"), cron_file)
 
 
 @click.group()
@@ -34,10 +34,15 @@ def cron():
 
 
 @cron.command("list")
+@cron_file_option
 @click.pass_obj
-def cron_list(obj):
-    """Show every scheduled action: schedule, last run and failures."""
+def cron_list(obj, cron_file: Path | None):
+    """Check the cron file, then show every scheduled action: schedule, last run and
+    failures."""
+    from . import load_cron_file
+
     registry = obj.registry()
+    load_cron_file(registry, cron_file)  # a broken file is an error here too, not a surprise
     with registry.environment(readonly=True) as env:
         crons = env["ir.cron"].search([])
         if not crons:

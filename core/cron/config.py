@@ -10,14 +10,15 @@
       user: __system__                      # login to run as (default: the superuser)
       active: true                          # (default: true)
 
-Entries whose model no loaded addon defines are skipped with a log line (another worker with
-that addon runs them). Anything else that is wrong stops the start with a ``RegistryError``
-naming the file, the entry and its line.
+Anything wrong, a model no loaded addon defines or a method the model lacks included, stops
+the start (and ``llmjobs cron list``) with a ``RegistryError`` naming the file, the entry and
+its line. Workers with other addons, sharing a database, use cron files of their own
+(``--cron-file``): each keeps the rows of its own models in step (see ``rows``).
 """
 
 from __future__ import annotations
 
-import logging
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,6 @@ from ..exceptions import RegistryError
 
 if TYPE_CHECKING:
     from ..registry import Registry
-
-_logger = logging.getLogger("core.cron")
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "cron.yaml"
 UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
@@ -64,14 +63,13 @@ class CronEntry:
 
 @dataclass(frozen=True)
 class CronConfig:
-    """The entries of a cron file this registry can run, and the names of those it skipped."""
+    """The entries of a cron file, checked against a registry."""
 
     entries: tuple[CronEntry, ...] = ()
-    skipped: tuple[str, ...] = ()
 
     @property
     def declared(self) -> set[str]:
-        return {e.name for e in self.entries} | set(self.skipped)
+        return {e.name for e in self.entries}
 
 
 def load_cron_file(registry: Registry, path: Path | None = None) -> CronConfig:
@@ -83,18 +81,25 @@ def load_cron_file(registry: Registry, path: Path | None = None) -> CronConfig:
         path = DEFAULT_FILE
     elif not path.is_file():
         raise RegistryError(f"Cron file {path} does not exist.")
-    entries, skipped = [], []
-    for entry in _parse_file(path):
+    entries = _parse_file(path)
+    for entry in entries:
         if entry.model not in registry.models:
-            _logger.info("%s skipped: model '%s' is not loaded", entry.label, entry.model)
-            skipped.append(entry.name)
-            continue
-        if not callable(getattr(registry.models[entry.model], entry.method, None)):
+            close = difflib.get_close_matches(entry.model, list(registry.models), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise RegistryError(
-                f"{entry.label}: model '{entry.model}' has no method '{entry.method}'."
+                f"{entry.label}: no loaded addon defines the model '{entry.model}'{hint}. "
+                "Fix the name, load its addon (--addons-path), or give this worker a cron "
+                "file of its own (--cron-file)."
             )
-        entries.append(entry)
-    return CronConfig(tuple(entries), tuple(skipped))
+        model = registry.models[entry.model]
+        if not callable(getattr(model, entry.method, None)):
+            methods = [name for name in dir(model) if callable(getattr(model, name, None))]
+            close = difflib.get_close_matches(entry.method, methods, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RegistryError(
+                f"{entry.label}: model '{entry.model}' has no method '{entry.method}'{hint}."
+            )
+    return CronConfig(tuple(entries))
 
 
 def _parse_file(path: Path) -> list[CronEntry]:

@@ -22,8 +22,9 @@ _SYNC_LOCK_KEY = 0x6C6C6D63  # PostgreSQL advisory lock serialising workers' syn
 def sync_rows(registry: Registry, config: CronConfig) -> dict[str, int]:
     """Create or update (by name) the rows of the config's entries; returns their ids.
 
-    Rows of names the file no longer declares are deactivated. Rows of skipped entries (model
-    not loaded here) are left as they are: a worker with other addons keeps them up to date.
+    Rows of this registry's models that the file no longer declares are deactivated; rows of
+    models not loaded here are left as they are (a worker with other addons, and a cron file
+    of its own, keeps them up to date).
     Only changed values are written, so a row locked by a tick in flight on another worker
     only delays the sync when its declaration changed.
     """
@@ -42,7 +43,7 @@ def sync_rows(registry: Registry, config: CronConfig) -> dict[str, int]:
                 _update(cron, entry, values)
             ids[entry.name] = cron.id
         for name, cron in existing.items():
-            if name not in config.declared and cron.active:
+            if name not in config.declared and cron.active and cron.model_name in registry.models:
                 cron.active = False
         return ids
 

@@ -130,10 +130,13 @@ class GenerationJob(models.Model):
         for vals in vals_list:
             self._check_writable(vals, creating=True)
             self._complete_from_thread(vals)
+            self._check_inputs(vals.get("generation_inputs"))
         return super().create(vals_list)
 
     def write(self, vals):
         self._check_writable(vals)
+        if "generation_inputs" in vals:
+            self._check_inputs(vals["generation_inputs"])
         if "model_id" in vals:
             for job in self:
                 job._check_model(vals["model_id"], job.provider_id.id)
@@ -161,6 +164,24 @@ class GenerationJob(models.Model):
                 f"Only LLM managers may give a generation job a 'priority' above "
                 f"{DEFAULT_PRIORITY} (the default); lower ones are yours to set."
             )
+
+    def _check_inputs(self, inputs) -> None:
+        """``generation_inputs``: a dict whose ``options`` the provider's request can carry
+        (see llm.thread._check_generation_options)."""
+        if not inputs:
+            return
+        if not isinstance(inputs, dict):
+            raise ValidationError(
+                "Field 'generation_inputs' of a generation job is a dict (prompt, options), "
+                f"got {type(inputs).__name__}."
+            )
+        options = inputs.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValidationError(
+                "The 'options' of a generation job's inputs are a dict of request fields "
+                f"(temperature, max_tokens...), got {type(options).__name__}."
+            )
+        self.env["llm.thread"]._check_generation_options(options)
 
     def _is_manager(self) -> bool:
         return self.env.su or self.env.user.has_group(MANAGER_GROUP)

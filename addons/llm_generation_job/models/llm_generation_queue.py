@@ -51,8 +51,10 @@ class GenerationQueue(models.Model):
     max_concurrent_jobs = fields.Integer(default=5)
     auto_retry_failed = fields.Boolean(default=True)
     retry_delay_minutes = fields.Integer(default=5, help="Base of the exponential backoff")
-    job_timeout_minutes = fields.Integer(
-        default=60, help="Running jobs at an external provider longer than this fail (retryable)"
+    attempt_deadline_seconds = fields.Float(
+        default=3600,
+        help="An attempt running longer than this fails (retryable): a reply still streaming "
+        "or a provider-side job with no result. The provider's timeout bounds each read.",
     )
     last_processed_at = fields.Datetime()
     queued_jobs_count = fields.Integer(compute="_compute_counts")
@@ -204,7 +206,7 @@ class GenerationQueue(models.Model):
         jobs = self.env["llm.generation.job"].sudo()
         for job in jobs.search([("state", "=", "running"), ("external_job_id", "!=", False)]):
             queue = self._get_or_create_queue(job.provider_id.id)
-            timeout = dt.timedelta(minutes=queue.job_timeout_minutes or 60)
+            timeout = dt.timedelta(seconds=queue.attempt_deadline_seconds or 3600)
             try:
                 store = JobStore(self.env)
                 if not store.fail_stalled_external(job, timeout):

@@ -69,6 +69,7 @@ class LLMThread(models.Model):
 
     def _queue_generation(self, user_message, options):
         """Post the user message and queue a job for the reply (one transaction)."""
+        self._check_generation_options(options)  # before anything is written
         self.lock_for_update()  # "is a job active? then queue one", once per thread at a time
         self._refuse_if_generating()
         input_message = (

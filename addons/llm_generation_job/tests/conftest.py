@@ -17,7 +17,7 @@ from addons.llm_thread.tests.conftest import (  # noqa: F401  (fixtures)
     make_simulator,
     openai_server,
 )
-from core.config import DEFAULT_SECRET_KEY_FILE, secret_key
+from core.config import secret_key
 
 
 @pytest.fixture
@@ -83,18 +83,19 @@ def users(registry):
 
 @pytest.fixture
 def start_workers(db_url, tmp_path):
-    """``start_workers(count, concurrency=8, lease=None, **env)`` starts ``llmjobs worker``
-    processes on the test database, each from a folder of its own (as an operator starts
+    """``start_workers(count, concurrency=8, lease=None, options=(), **env)`` starts ``llmjobs
+    worker`` processes on the test database, each from a folder of its own (as an operator starts
     them, elsewhere than the project); they get SIGTERM after the test and must exit
-    cleanly. Their output goes to ``worker-N.log`` in that folder (``.log`` attribute)."""
+    cleanly. Their output goes to ``worker.log`` in that folder (``.log`` attribute). They
+    find the database they are given and the key file of the home folder, as in production."""
     secret_key()  # the key file exists before the workers look for it
-    key_file = Path(os.environ.get("LLMJOBS_SECRET_KEY_FILE", DEFAULT_SECRET_KEY_FILE)).resolve()
     crons = tmp_path / "no-crons.yaml"
     crons.write_text("[]\n")
     llmjobs = shutil.which("llmjobs", path=str(Path(sys.executable).parent))
     workers: list[subprocess.Popen] = []
 
-    def start(count=1, concurrency=8, lease=None, **extra):
+    def start(count=1, concurrency=8, lease=None, options=(), **extra):
+        """``options``: the main command's own (``-vv`` for debug logging)."""
         started = []
         for _ in range(count):
             home = tmp_path / f"worker-{len(workers) + 1}"
@@ -103,7 +104,6 @@ def start_workers(db_url, tmp_path):
                 **os.environ,
                 "LLMJOBS_DB_URL": db_url,
                 "LLMJOBS_CRON_FILE": str(crons),
-                "LLMJOBS_SECRET_KEY_FILE": str(key_file),
                 "LLMJOBS_WORKER_CONCURRENCY": str(concurrency),
                 **extra,
             }
@@ -111,7 +111,11 @@ def start_workers(db_url, tmp_path):
                 env["LLMJOBS_JOB_LEASE_SECONDS"] = str(lease)
             log = (home / "worker.log").open("wb")
             process = subprocess.Popen(
-                [llmjobs, "worker"], env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT
+                [llmjobs, *options, "worker"],
+                env=env,
+                cwd=home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             process.log = home / "worker.log"
             log.close()

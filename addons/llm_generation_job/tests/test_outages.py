@@ -53,6 +53,15 @@ def wait_until_streaming(registry, job_ids, timeout=30.0):
         time.sleep(0.05)
 
 
+def assert_the_logs_say_it_once(workers):
+    """One warning when the database went away, one line when it was back; no traceback."""
+    for worker in workers:
+        log = worker.log.read_text()
+        assert "Traceback" not in log, log
+        assert log.count("The database is unavailable") == 1, log
+        assert log.count("The database is reachable again") == 1, log
+
+
 def assert_each_job_completed_once(registry, job_ids):
     with registry.environment(readonly=True) as env:
         jobs = env["llm.generation.job"].browse(job_ids)
@@ -73,7 +82,9 @@ def test_dropped_connections_mid_stream_fail_no_job(registry, db_url, start_work
     """Defect 4: connections dropped once a second for 6 s failed 18 of 48 jobs for good,
     and a 2.5 s restart stalled the queue for a whole lease."""
     name = "llmjobs-outage-test"
-    start_workers(2, concurrency=JOBS // 2, LLMJOBS_DB_URL=f"{db_url}&application_name={name}")
+    workers = start_workers(
+        2, concurrency=JOBS // 2, LLMJOBS_DB_URL=f"{db_url}&application_name={name}"
+    )
     job_ids = queue_streaming_jobs(registry, openai_server.url)
     wait_until_streaming(registry, job_ids)
     terminate = sa.text(
@@ -91,6 +102,7 @@ def test_dropped_connections_mid_stream_fail_no_job(registry, db_url, start_work
     wait_finished(registry, job_ids, timeout=60)
     assert time.monotonic() - outage_over < 20  # the lease is 30 s: nobody waited for it
     assert_each_job_completed_once(registry, job_ids)
+    assert_the_logs_say_it_once(workers)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -99,7 +111,7 @@ def test_sqlite_locked_past_the_busy_timeout_fails_no_job(
 ):
     """Defect 4: SQLite locked by another writer past the busy timeout failed 7 of 100 jobs
     for good."""
-    start_workers(2, concurrency=JOBS // 2, LLMJOBS_SQLITE_BUSY_TIMEOUT_MS="500")
+    workers = start_workers(2, concurrency=JOBS // 2, LLMJOBS_SQLITE_BUSY_TIMEOUT_MS="500")
     job_ids = queue_streaming_jobs(registry, openai_server.url)
     wait_until_streaming(registry, job_ids)
     locker = sqlite3.connect(sa.engine.make_url(db_url).database, isolation_level=None)
@@ -111,5 +123,6 @@ def test_sqlite_locked_past_the_busy_timeout_fails_no_job(
     wait_finished(registry, job_ids, timeout=60)
     assert time.monotonic() - outage_over < 20
     assert_each_job_completed_once(registry, job_ids)
+    assert_the_logs_say_it_once(workers)
     with registry.environment(readonly=True) as env:
         assert env.cr.execute(sa.text("PRAGMA integrity_check")).scalar_one() == "ok"

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from addons.llm_generation_job.follow import follow_job
 from addons.llm_thread.simulator import reply_text
 from core import UserError
 
@@ -75,7 +76,9 @@ def test_a_busy_thread_refuses_a_second_generation(registry, sim_thread):
             next(thread.generate_response("direct", use_queue=False))
 
 
-def test_retryable_error_is_retried_after_retry_after(registry, runner, sim_thread, openai_server):
+def test_the_follower_keeps_following_across_a_retry(registry, runner, sim_thread, openai_server):
+    """A retryable failure is a 'retrying' status, not the end: the caller's stream goes on
+    to the new attempt's reply."""
     with registry.environment() as env:
         thread = env["llm.thread"].browse(sim_thread)
         queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
@@ -84,18 +87,45 @@ def test_retryable_error_is_retried_after_retry_after(registry, runner, sim_thre
     with registry.environment() as env:
         thread = env["llm.thread"].browse(sim_thread)
         updates = list(thread.generate_response("retry me", use_queue=True))
-    assert updates[-1]["type"] == "error" and "429" in updates[-1]["error"]
+    [retrying] = [u for u in updates if u.get("state") == "retrying"]
+    assert retrying["retry_at"] and "HTTP 429 Too Many Requests" in retrying["message"]
+    assert "Retrying at" in retrying["message"] and "(attempt 2 of 4)" in retrying["message"]
+    assert "(retryable" not in retrying["message"]  # a sentence for people, not a log line
+    assert updates[-1]["type"] == "done"
+    assert updates[-1]["message"]["body"] == reply_text("retry me", 20)
+    assert "error" not in [u["type"] for u in updates]
     with registry.environment(readonly=True) as env:
         job = env["llm.thread"].browse(sim_thread).generation_job_ids
-        assert job.error_kind == "retryable" and job.next_retry_at
-        job_id = job.id
-    wait_for(lambda: job_state(registry, job_id) == "completed", timeout=15)
-    with registry.environment(readonly=True) as env:
-        job = env["llm.generation.job"].browse(job_id)
-        assert job.retry_count == 1
+        assert (job.state, job.retry_count, job.error_message) == ("completed", 1, False)
         assert job.attempt_ids.mapped("outcome") == ["failed", "completed"]
         replies = job.thread_id.message_ids.filtered(lambda m: m.llm_role == "assistant")
         assert len(replies) == 1 and replies.state == "done"
+
+
+def test_the_last_retry_says_the_job_gave_up(registry, runner, sim_thread):
+    with registry.environment() as env:
+        thread = env["llm.thread"].browse(sim_thread)
+        env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id).write(
+            {"retry_delay_minutes": 0}
+        )
+        job = env["llm.generation.job"].create(
+            {
+                "thread_id": thread.id,
+                "max_retries": 1,
+                "generation_inputs": {"prompt": "[sim:status=503 message=overloaded] hi"},
+            }
+        )
+        job.action_queue()
+        job_id = job.id
+    with registry.environment() as env:
+        updates = list(follow_job(env, job_id))
+    assert [u["state"] for u in updates if u["type"] == "job_status"].count("retrying") == 1
+    assert updates[-1] == {
+        "type": "error",
+        "error": "Provider 'sim' failed: HTTP 503 Service Unavailable: overloaded. "
+        "Gave up after 2 attempts.",
+        "job_id": job_id,
+    }
 
 
 def test_permanent_error_fails_at_once_with_the_providers_message(registry, runner, sim_thread):

@@ -63,7 +63,7 @@ def test_an_expired_job_without_retries_fails_and_a_cancelled_one_is_cancelled(e
     expire(doomed | cancelled)
     assert store.requeue_expired() == 2
     assert (doomed.state, doomed.error_kind) == ("failed", "retryable")
-    assert "No retries left" in doomed.error_message
+    assert "Gave up after 1 attempt." in doomed.error_message
     assert cancelled.state == "cancelled"
     assert (doomed | cancelled).mapped("attempt_ids.outcome") == ["lost", "lost"]
 

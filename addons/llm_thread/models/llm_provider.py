@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
-from core import UserError, fields, models
+from core import UserError, ValidationError, api, fields, models
 
 from .. import wire
 from ..wire.events import Finish, TextDelta, Usage
@@ -43,8 +44,28 @@ class LLMProvider(models.Model):
     api_base = fields.Char(help="e.g. https://api.openai.com/v1")
     api_key = fields.Secret()
     active = fields.Boolean(default=True)
-    timeout = fields.Float(default=60.0, help="Seconds to wait for the provider")
+    timeout = fields.Float(
+        default=60.0, help="Seconds to wait for each piece of the provider's answer"
+    )
     model_ids = fields.One2many("llm.model", "provider_id", string="Models")
+
+    # -- the API key ---------------------------------------------------------------------------
+    @api.model_create_multi
+    def create(self, vals_list):
+        for vals in vals_list:
+            if vals.get("api_key"):
+                vals["api_key"] = _checked_key(vals["api_key"], vals.get("name"))
+        return super().create(vals_list)
+
+    def write(self, vals):
+        if vals.get("api_key"):
+            vals = {
+                **vals,
+                "api_key": _checked_key(
+                    vals["api_key"], vals.get("name") or ", ".join(self.mapped("name"))
+                ),
+            }
+        return super().write(vals)
 
     # -- dispatch --------------------------------------------------------------------------
     def _dispatch(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -134,7 +155,7 @@ class LLMProvider(models.Model):
         return {
             "provider": self.name,
             "api_base": self.api_base or "",
-            "api_key": self.api_key.get_secret_value() if self.api_key else None,
+            "api_key": _checked_key(self.api_key, self.name) if self.api_key else None,
             "timeout": self.timeout or None,
         }
 
@@ -202,6 +223,23 @@ def _stream(
         messages=messages,
         options=options,
     )
+
+
+def _checked_key(value: str | SecretStr, provider: str | None) -> str:
+    """The API key without the whitespace around it (a key pasted from a file ends with a
+    newline); UserError when what is left could not be sent in an HTTP header. The message
+    names the position of the bad character, never the key."""
+    if not isinstance(value, str | SecretStr):
+        return value  # the field refuses it, with its own error
+    key = (value.get_secret_value() if isinstance(value, SecretStr) else value).strip()
+    bad = next((index for index, char in enumerate(key) if not "!" <= char <= "~"), None)
+    if bad is not None:
+        raise ValidationError(
+            f"The API key of provider '{provider or '?'}' has a space, a control or a "
+            f"non-ASCII character (character {bad + 1} of {len(key)}): an API key is "
+            "printable ASCII. Copy it again from the provider's console and set it again."
+        )
+    return key
 
 
 def _collect(events) -> dict[str, Any]:

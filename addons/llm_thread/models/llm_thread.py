@@ -1,7 +1,10 @@
 """Conversation threads: messages, and generating the assistant's reply directly.
 
-``generate_response(user_message=None, **options)`` is a generator of update dicts (shapes in
-``addons/llm_thread/updates.py``). It commits the caller's transaction, then::
+``generate(user_message=None, **options)`` (odoo-llm's name, which seed 001 promises keeps
+working) and ``generate_response(...)`` (which llm_generation_job extends with ``use_queue``)
+are generators of update dicts (shapes in ``addons/llm_thread/updates.py``). ``options`` are
+extra fields of the provider's request (temperature, max_tokens...), checked before anything
+is written. It commits the caller's transaction, then::
 
     start   one transaction,   take the thread's generation lock, post the user message,
             committed          build the conversation, create the empty reply (state
@@ -24,13 +27,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core import UserError, fields, models
+from core import UserError, ValidationError, fields, models
 
 from .. import updates
 from ..reply import ReplyProgress
@@ -38,6 +42,8 @@ from ..wire.errors import ProviderError
 from ..wire.events import Finish, TextDelta, Usage
 
 LOCK_SECONDS = 120
+# Request fields the thread sets itself: not options a caller may pass.
+RESERVED_OPTIONS = frozenset({"model", "messages", "stream", "stream_options", "http_client"})
 HEARTBEAT_SECONDS = LOCK_SECONDS / 3
 
 
@@ -110,10 +116,14 @@ class LLMThread(models.Model):
 
     # -- direct generation -----------------------------------------------------------------
     def generate_response(self, user_message=None, **options) -> Iterator[dict[str, Any]]:
-        """Stream the assistant's reply from the provider (see the module docstring).
-        ``options`` go to the provider's request (temperature, max_tokens...)."""
+        """Generate the assistant's reply: here, directly (see ``generate``)."""
+        return self.generate(user_message, **options)
+
+    def generate(self, user_message=None, **options) -> Iterator[dict[str, Any]]:
+        """Stream the assistant's reply from the provider (see the module docstring)."""
         self.ensure_one()
         self.check_access("write")
+        self._check_generation_options(options)
         start = self._start_generation(user_message)
         reply = start.reply
         try:
@@ -135,6 +145,24 @@ class LLMThread(models.Model):
         finally:
             final = self._end_generation(start.lock_token, reply)
         yield from final
+
+    @staticmethod
+    def _check_generation_options(options: dict[str, Any]) -> None:
+        """ValidationError naming the option unless every one is JSON data the request may
+        carry (the thread sets the model, the messages and streaming itself)."""
+        for name, value in options.items():
+            if name in RESERVED_OPTIONS:
+                raise ValidationError(
+                    f"Generation option '{name}' is set by the thread itself; leave it out "
+                    f"(options are extra request fields such as temperature or max_tokens)."
+                )
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValidationError(
+                    f"Generation option '{name}' must be JSON data (a number, string, list "
+                    f"or object, no NaN), got {type(value).__name__}."
+                ) from None
 
     def _start_generation(self, user_message: str | None) -> _Start:
         """The start transaction: lock, user message, conversation, empty reply; committed."""
@@ -209,7 +237,7 @@ class LLMThread(models.Model):
                 finally:
                     stream.close()
         except ProviderError as error:
-            reply.fail(str(error), error.kind)
+            reply.fail(error.summary, error.kind)
         except UserError as error:
             reply.fail(str(error), "permanent")
         else:

@@ -10,6 +10,7 @@ import pytest
 
 from addons.llm_thread.wire import errors
 from addons.llm_thread.wire.errors import ProviderError
+from core.redaction import REDACTED
 
 KEY = "sk-live-abcdef0123456789"
 
@@ -126,7 +127,7 @@ def test_the_key_is_scrubbed_from_every_text():
     ):
         for text in (str(error), repr(error), error.message, *map(str, error.args)):
             assert KEY not in text
-        assert errors.REDACTED in error.message
+        assert REDACTED in error.message
 
 
 def test_provider_errors_pickle():

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from core.redaction import redact
+
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 # Error types, in a stream that had started, that blame the request rather than the provider.
 PERMANENT_ERROR_TYPES = frozenset(
@@ -30,7 +32,6 @@ PERMANENT_ERROR_TYPES = frozenset(
         "invalid_api_key",
     }
 )
-REDACTED = "[redacted]"
 _MAX_BODY_TEXT = 300
 
 
@@ -59,14 +60,20 @@ class ProviderError(Exception):
     def kind(self) -> str:
         return "retryable" if self.retryable else "permanent"
 
-    def _describe(self) -> str:
+    @property
+    def summary(self) -> str:
+        """What happened, for people: who failed and why (whether it is worth retrying is
+        the caller's to say: it knows whether it will)."""
         cause = self.message
         if self.status is not None:
             cause = f"HTTP {_status_line(self.status)}: {cause}"
+        return f"Provider '{self.provider}' failed: {cause}"
+
+    def _describe(self) -> str:
         note = self.kind
         if self.retry_after is not None:
             note += f", retry after {self.retry_after:g}s"
-        return f"Provider '{self.provider}' failed: {cause} ({note})"
+        return f"{self.summary} ({note})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exceptions pickle as cls(*args); ours rebuild from their attributes instead.
@@ -91,8 +98,9 @@ def _rebuild(
 
 
 def scrub(text: str, api_key: str | None) -> str:
-    """``text`` with every occurrence of ``api_key`` replaced."""
-    return text.replace(api_key, REDACTED) if api_key else text
+    """``text`` with ``api_key`` replaced, in every form it may take in it (escaped,
+    encoded, stripped: see core.redaction)."""
+    return redact(text, api_key)
 
 
 def is_retryable_status(status: int) -> bool:
