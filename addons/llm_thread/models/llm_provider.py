@@ -214,7 +214,8 @@ def _stream(
     """The wire stream, on the caller's client or the shared one. Closing the generator
     closes the HTTP stream (the response), not the client."""
     client = http_client or shared_client(settings["timeout"])
-    yield from wire.PROTOCOLS[protocol].stream_chat(
+    yield from wire.stream_chat(
+        protocol,
         client,
         provider=settings["provider"],
         api_base=settings["api_base"],

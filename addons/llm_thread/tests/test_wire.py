@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from addons.llm_thread.simulator import reply_chunks, reply_text
-from addons.llm_thread.wire import PROTOCOLS, Finish, ProviderError, TextDelta, Usage
+from addons.llm_thread.wire import PROTOCOLS, Finish, ProviderError, TextDelta, Usage, stream_chat
 
 PROVIDER = "my-provider"
 KEY = "sk-test-0123456789abcdef"
@@ -43,7 +43,8 @@ def client():
 def stream(server, client, text, *, api_key=None, system=None, options=None, api_base=None):
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": text})
-    return PROTOCOLS[server.protocol].stream_chat(
+    return stream_chat(
+        server.protocol,
         client,
         provider=PROVIDER,
         api_base=api_base or server.url,

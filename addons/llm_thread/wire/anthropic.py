@@ -5,10 +5,10 @@ content_block_*, message_delta, message_stop; ping and error anywhere), and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
+from httpx_sse import ServerSentEvent
 
 from . import errors, transport
 from .events import Finish, StreamEvent, TextDelta, Usage
@@ -18,17 +18,15 @@ DEFAULT_MAX_TOKENS = 1024
 _INPUT_TOKEN_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-def stream_chat(
-    client: httpx.Client,
+def chat_request(
     *,
-    provider: str,
     api_base: str,
     api_key: str | None,
     model: str,
     messages: list[dict[str, Any]],
     options: dict[str, Any] | None = None,
-) -> Iterator[StreamEvent]:
-    """Stream one reply. System messages go to the top-level ``system`` field and tool
+) -> transport.ChatRequest:
+    """One streamed reply. System messages go to the top-level ``system`` field and tool
     messages are sent as user turns (the API has neither role); ``options`` are extra request
     fields, ``max_tokens`` (required by the API) defaulting to DEFAULT_MAX_TOKENS."""
     options = options or {}
@@ -50,11 +48,7 @@ def stream_chat(
     if system:
         body["system"] = "\n\n".join(system)
     headers = {**_headers(api_key), "Accept": "text/event-stream"}
-    url = transport.endpoint(api_base, "/messages")
-    with transport.open_stream(
-        client, url, provider=provider, api_key=api_key, headers=headers, body=body
-    ) as response:
-        yield from _events(response, provider, api_key)
+    return transport.ChatRequest(transport.endpoint(api_base, "/messages"), headers, body)
 
 
 def list_models(
@@ -93,44 +87,53 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def _events(
-    response: httpx.Response,
-    provider: str,
-    api_key: str | None,
-) -> Iterator[StreamEvent]:
-    started = False
-    stop_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    metadata: dict[str, Any] = {}
-    events = transport.sse_events(response, provider=provider, api_key=api_key)
-    for event in events:
+class Decoder:
+    """message_start, content_block_* and message_delta events until message_stop (ping
+    ignored, error anywhere); usage and finish at the end."""
+
+    def __init__(self, provider: str, api_key: str | None):
+        self.provider, self.api_key = provider, api_key
+        self.done = False
+        self.started = False
+        self.stop_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.metadata: dict[str, Any] = {}
+
+    def feed(self, event: ServerSentEvent) -> list[StreamEvent]:
         if event.event == "ping":
-            continue
-        data = transport.decode_object(event.data, provider=provider, api_key=api_key)
+            return []
+        data = transport.decode_object(event.data, provider=self.provider, api_key=self.api_key)
         kind = data.get("type") or event.event
         if kind == "error":
-            raise errors.from_stream_error(provider, data.get("error"), api_key)
+            raise errors.from_stream_error(self.provider, data.get("error"), self.api_key)
         if kind == "message_start":
-            started = True
+            self.started = True
             message = data.get("message") or {}
-            metadata.update({key: message[key] for key in ("id", "model") if message.get(key)})
+            self.metadata.update({key: message[key] for key in ("id", "model") if message.get(key)})
             usage = message.get("usage") or {}
             counts = [usage[name] for name in _INPUT_TOKEN_FIELDS if usage.get(name) is not None]
-            prompt_tokens = sum(counts) if counts else None
-        elif not started:
-            raise errors.malformed(provider, f"'{kind}' event before message_start", api_key)
+            self.prompt_tokens = sum(counts) if counts else None
+        elif not self.started:
+            raise errors.malformed(
+                self.provider, f"'{kind}' event before message_start", self.api_key
+            )
         elif kind == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
-                yield TextDelta(delta["text"])
+                return [TextDelta(delta["text"])]
         elif kind == "message_delta":
-            stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-            completion_tokens = (data.get("usage") or {}).get("output_tokens", completion_tokens)
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+            output = (data.get("usage") or {}).get("output_tokens")
+            self.completion_tokens = output if output is not None else self.completion_tokens
         elif kind == "message_stop":
-            break
-    else:
-        raise errors.incomplete(provider)
-    transport.read_to_the_end(events)
-    yield Usage(prompt_tokens, completion_tokens)
-    yield Finish(stop_reason, metadata)
+            self.done = True
+        return []
+
+    def finish(self) -> list[StreamEvent]:
+        if not self.done:
+            raise errors.incomplete(self.provider)
+        return [
+            Usage(self.prompt_tokens, self.completion_tokens),
+            Finish(self.stop_reason, self.metadata),
+        ]

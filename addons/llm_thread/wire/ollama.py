@@ -4,7 +4,6 @@ server's root, e.g. ``http://127.0.0.1:11434``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,17 +23,15 @@ _FINAL_METADATA = (
 )
 
 
-def stream_chat(
-    client: httpx.Client,
+def chat_request(
     *,
-    provider: str,
     api_base: str,
     api_key: str | None,
     model: str,
     messages: list[dict[str, Any]],
     options: dict[str, Any] | None = None,
-) -> Iterator[StreamEvent]:
-    """Stream one reply. ``options`` go to Ollama's ``options`` (``max_tokens`` becomes
+) -> transport.ChatRequest:
+    """One streamed reply. ``options`` go to Ollama's ``options`` (``max_tokens`` becomes
     ``num_predict``), except TOP_LEVEL_FIELDS. The API has no keys of its own; one given is
     sent as a bearer token, for servers behind an authenticating proxy."""
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
@@ -47,10 +44,7 @@ def stream_chat(
     if model_options:
         body["options"] = model_options
     url = transport.endpoint(api_base, "/api/chat")
-    with transport.open_stream(
-        client, url, provider=provider, api_key=api_key, headers=_auth(api_key), body=body
-    ) as response:
-        yield from _events(response, provider, api_key)
+    return transport.ChatRequest(url, _auth(api_key), body, framing="ndjson")
 
 
 def list_models(
@@ -78,28 +72,31 @@ def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _events(
-    response: httpx.Response,
-    provider: str,
-    api_key: str | None,
-) -> Iterator[StreamEvent]:
-    lines = response.iter_lines()
-    for line in lines:
+class Decoder:
+    """One JSON object per line until the one with ``done: true``, which carries the
+    usage, the finish reason and the timings."""
+
+    def __init__(self, provider: str, api_key: str | None):
+        self.provider, self.api_key = provider, api_key
+        self.done = False
+        self.last: dict[str, Any] = {}
+
+    def feed(self, line: str) -> list[StreamEvent]:
         if not line.strip():
-            continue
-        data = transport.decode_object(line, provider=provider, api_key=api_key)
+            return []
+        data = transport.decode_object(line, provider=self.provider, api_key=self.api_key)
         if data.get("error"):
-            raise errors.from_stream_error(provider, data["error"], api_key)
+            raise errors.from_stream_error(self.provider, data["error"], self.api_key)
+        self.last, self.done = data, bool(data.get("done"))
         content = (data.get("message") or {}).get("content")
-        if content:
-            yield TextDelta(content)
-        if data.get("done"):
-            break
-    else:
-        raise errors.incomplete(provider)
-    transport.read_to_the_end(lines)
-    yield Usage(data.get("prompt_eval_count"), data.get("eval_count"))
-    yield Finish(
-        data.get("done_reason"),
-        {key: data[key] for key in _FINAL_METADATA if data.get(key) is not None},
-    )
+        return [TextDelta(content)] if content else []
+
+    def finish(self) -> list[StreamEvent]:
+        if not self.done:
+            raise errors.incomplete(self.provider)
+        data = self.last
+        metadata = {key: data[key] for key in _FINAL_METADATA if data.get(key) is not None}
+        return [
+            Usage(data.get("prompt_eval_count"), data.get("eval_count")),
+            Finish(data.get("done_reason"), metadata),
+        ]

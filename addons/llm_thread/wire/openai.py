@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
+from httpx_sse import ServerSentEvent
 
 from . import errors, transport
 from .events import Finish, StreamEvent, TextDelta, Usage
@@ -15,17 +15,15 @@ from .events import Finish, StreamEvent, TextDelta, Usage
 _METADATA = ("id", "model", "system_fingerprint")
 
 
-def stream_chat(
-    client: httpx.Client,
+def chat_request(
     *,
-    provider: str,
     api_base: str,
     api_key: str | None,
     model: str,
     messages: list[dict[str, Any]],
     options: dict[str, Any] | None = None,
-) -> Iterator[StreamEvent]:
-    """Stream one reply. ``options`` are extra request fields (temperature, max_tokens...)."""
+) -> transport.ChatRequest:
+    """One streamed reply. ``options`` are extra request fields (temperature, max_tokens...)."""
     body = {
         **(options or {}),
         "model": model,
@@ -34,11 +32,7 @@ def stream_chat(
         "stream_options": {"include_usage": True},
     }
     headers = {**_auth(api_key), "Accept": "text/event-stream"}
-    url = transport.endpoint(api_base, "/chat/completions")
-    with transport.open_stream(
-        client, url, provider=provider, api_key=api_key, headers=headers, body=body
-    ) as response:
-        yield from _events(response, provider, api_key)
+    return transport.ChatRequest(transport.endpoint(api_base, "/chat/completions"), headers, body)
 
 
 def list_models(
@@ -66,35 +60,38 @@ def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _events(
-    response: httpx.Response,
-    provider: str,
-    api_key: str | None,
-) -> Iterator[StreamEvent]:
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    metadata: dict[str, Any] = {}
-    events = transport.sse_events(response, provider=provider, api_key=api_key)
-    for event in events:
+class Decoder:
+    """``data: {chunk}`` events until ``data: [DONE]``; usage and finish at the end."""
+
+    def __init__(self, provider: str, api_key: str | None):
+        self.provider, self.api_key = provider, api_key
+        self.done = False
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.metadata: dict[str, Any] = {}
+
+    def feed(self, event: ServerSentEvent) -> list[StreamEvent]:
         if event.data == "[DONE]":
-            break
-        chunk = transport.decode_object(event.data, provider=provider, api_key=api_key)
+            self.done = True
+            return []
+        chunk = transport.decode_object(event.data, provider=self.provider, api_key=self.api_key)
         if chunk.get("error"):
-            raise errors.from_stream_error(provider, chunk["error"], api_key)
-        if len(metadata) < len(_METADATA):  # the same in every chunk: read until all seen
-            metadata.update({key: chunk[key] for key in _METADATA if chunk.get(key)})
+            raise errors.from_stream_error(self.provider, chunk["error"], self.api_key)
+        if len(self.metadata) < len(_METADATA):  # the same in every chunk: read until all seen
+            self.metadata.update({key: chunk[key] for key in _METADATA if chunk.get(key)})
+        found: list[StreamEvent] = []
         for choice in chunk.get("choices") or ():
             content = (choice.get("delta") or {}).get("content")
             if content:
-                yield TextDelta(content)
-            finish_reason = choice.get("finish_reason") or finish_reason
+                found.append(TextDelta(content))
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
         if chunk.get("usage"):
-            usage = Usage(
-                chunk["usage"].get("prompt_tokens"), chunk["usage"].get("completion_tokens")
-            )
-    else:
-        raise errors.incomplete(provider)
-    transport.read_to_the_end(events)
-    if usage is not None:
-        yield usage
-    yield Finish(finish_reason, metadata)
+            usage = chunk["usage"]
+            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        return found
+
+    def finish(self) -> list[StreamEvent]:
+        if not self.done:
+            raise errors.incomplete(self.provider)
+        usage = [self.usage] if self.usage is not None else []
+        return [*usage, Finish(self.finish_reason, self.metadata)]

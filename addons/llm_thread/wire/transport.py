@@ -1,41 +1,166 @@
-"""What the three protocol clients share: opening a streamed request, getting JSON, decoding
-SSE and JSON — each turning every failure into a classified ProviderError — and building
-URLs and model entries."""
+"""What the three protocol clients share: a streamed request described as data, driven
+either synchronously (``stream``, for direct generation) or asynchronously (``astream``, for
+the worker's streams) through the protocol's decoder, every failure turned into a classified
+ProviderError; getting JSON; decoding; building URLs and model entries.
+
+A protocol module is sans-IO: ``chat_request(...)`` says what to send, and its ``Decoder``
+turns what comes back (server-sent events or NDJSON lines) into stream events. The two
+drivers do the I/O the same way: open the stream, feed the decoder until its terminal event,
+read the rest of the body (so the connection goes back to the pool), then give the decoder's
+final events (usage, finish).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from . import errors
+from .events import StreamEvent
 
 
-@contextmanager
-def open_stream(
+@dataclass(frozen=True)
+class ChatRequest:
+    """A streamed chat request: where, with which headers and body, and how the answer is
+    framed ("sse": server-sent events; "ndjson": one JSON object per line)."""
+
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    framing: str = "sse"
+
+
+class Decoder(Protocol):
+    """A protocol's parser of one streamed answer."""
+
+    done: bool  # the terminal event was seen
+
+    def feed(self, item: ServerSentEvent | str) -> list[StreamEvent]:
+        """The events of one SSE event or NDJSON line (raises ProviderError)."""
+
+    def finish(self) -> list[StreamEvent]:
+        """The final events, once ``done`` (ProviderError when the stream was cut)."""
+
+
+def stream(
     client: httpx.Client,
-    url: str,
+    request: ChatRequest,
+    decoder: Decoder,
     *,
     provider: str,
     api_key: str | None,
-    headers: dict[str, str],
-    body: dict[str, Any],
-) -> Iterator[httpx.Response]:
-    """POST ``body`` and give the 2xx response, unread; the response is closed on exit, which
-    drops the connection at once when the stream was not read to the end. Transport errors
-    raised while the caller reads the response are converted too."""
+) -> Iterator[StreamEvent]:
+    """Send ``request`` and yield its events (closing the generator closes the response)."""
+    with _open(client, request, provider, api_key) as response:
+        try:
+            items = _items(response, request.framing)
+            for item in items:
+                yield from decoder.feed(item)
+                if decoder.done:
+                    break
+            if decoder.done:
+                _read_to_the_end(items)
+        except SSEError as error:
+            raise errors.malformed(provider, str(error), api_key) from error
+        except httpx.RequestError as error:
+            raise errors.from_transport(provider, error, api_key) from error
+    yield from decoder.finish()
+
+
+async def astream(
+    client: httpx.AsyncClient,
+    request: ChatRequest,
+    decoder: Decoder,
+    *,
+    provider: str,
+    api_key: str | None,
+    timeout: float | None = None,
+) -> AsyncIterator[StreamEvent]:
+    """``stream`` on an asynchronous client; ``timeout`` bounds each read."""
+    async with _aopen(client, request, provider, api_key, timeout) as response:
+        try:
+            items = _aitems(response, request.framing)
+            async for item in items:
+                for event in decoder.feed(item):
+                    yield event
+                if decoder.done:
+                    break
+            if decoder.done:
+                await _aread_to_the_end(items)
+        except SSEError as error:
+            raise errors.malformed(provider, str(error), api_key) from error
+        except httpx.RequestError as error:
+            raise errors.from_transport(provider, error, api_key) from error
+    for event in decoder.finish():
+        yield event
+
+
+@contextmanager
+def _open(client: httpx.Client, request: ChatRequest, provider: str, api_key: str | None):
     try:
-        with client.stream("POST", url, headers=headers, json=body) as response:
+        with client.stream(
+            "POST", request.url, headers=request.headers, json=request.body
+        ) as response:
             if not response.is_success:
                 response.read()
                 raise errors.from_response(provider, response, api_key)
             yield response
     except httpx.RequestError as error:
         raise errors.from_transport(provider, error, api_key) from error
+
+
+@asynccontextmanager
+async def _aopen(
+    client: httpx.AsyncClient,
+    request: ChatRequest,
+    provider: str,
+    api_key: str | None,
+    timeout: float | None,
+):
+    try:
+        async with client.stream(
+            "POST", request.url, headers=request.headers, json=request.body, timeout=timeout
+        ) as response:
+            if not response.is_success:
+                await response.aread()
+                raise errors.from_response(provider, response, api_key)
+            yield response
+    except httpx.RequestError as error:
+        raise errors.from_transport(provider, error, api_key) from error
+
+
+def _items(response: httpx.Response, framing: str) -> Iterator[Any]:
+    return EventSource(response).iter_sse() if framing == "sse" else response.iter_lines()
+
+
+def _aitems(response: httpx.Response, framing: str) -> AsyncIterator[Any]:
+    return EventSource(response).aiter_sse() if framing == "sse" else response.aiter_lines()
+
+
+def _read_to_the_end(rest: Iterator[Any]) -> None:
+    """Consume what follows a stream's terminal event (normally just the end of the body), as
+    the official SDKs do: a response closed unread drops its pooled connection, and the next
+    request pays a new TCP and TLS handshake. The reply is complete by then, so a failure
+    here only costs the connection."""
+    try:
+        for _ in rest:
+            pass
+    except (SSEError, httpx.HTTPError):
+        pass
+
+
+async def _aread_to_the_end(rest: AsyncIterator[Any]) -> None:
+    try:
+        async for _ in rest:
+            pass
+    except (SSEError, httpx.HTTPError):
+        pass
 
 
 def get_object(
@@ -55,32 +180,6 @@ def get_object(
     if not response.is_success:
         raise errors.from_response(provider, response, api_key)
     return decode_object(response.text, provider=provider, api_key=api_key)
-
-
-def sse_events(
-    response: httpx.Response,
-    *,
-    provider: str,
-    api_key: str | None,
-) -> Iterator[ServerSentEvent]:
-    """The response's server-sent events; a response that is not an event stream is
-    malformed (httpx_sse reports it as a transport error, which would read as retryable)."""
-    try:
-        yield from EventSource(response).iter_sse()
-    except SSEError as error:
-        raise errors.malformed(provider, str(error), api_key) from error
-
-
-def read_to_the_end(rest: Iterator[Any]) -> None:
-    """Consume what follows a stream's terminal event (normally just the end of the body), as
-    the official SDKs do: a response closed unread drops its pooled connection, and the next
-    request pays a new TCP and TLS handshake. The reply is complete by then, so a failure
-    here only costs the connection."""
-    try:
-        for _ in rest:
-            pass
-    except (errors.ProviderError, httpx.HTTPError):
-        pass
 
 
 def decode_json(text: str, *, provider: str, api_key: str | None) -> Any:
