@@ -905,10 +905,10 @@ class BaseModel:
             records._validate_constraints(names)
         return records
 
-    def lock_for_update(self, skip_locked: bool = False) -> BaseModel:
+    def lock_for_update(self, skip_locked: bool = False, domain: Sequence = ()) -> BaseModel:
         """Lock the rows of these records until the transaction ends; returns the records
         that exist (with ``skip_locked``: only those no other transaction holds, instead of
-        waiting for them).
+        waiting for them; with ``domain``: only those matching it, in the same statement).
 
         PostgreSQL: ``SELECT ... FOR UPDATE [SKIP LOCKED]``; another transaction locking or
         conditionally writing these rows waits until this one ends. SQLite has no row locks:
@@ -925,10 +925,11 @@ class BaseModel:
             )
         self.check_access("write")
         table, found = self._table_obj, set()
+        condition = compile_domain(self, domain)
         for chunk in _chunks(self._ids):
             query = (
                 sa.select(table.c.id)
-                .where(table.c.id.in_(chunk))
+                .where(table.c.id.in_(chunk), condition)
                 .with_for_update(skip_locked=skip_locked)
             )
             found.update(self.env.cr.execute(query).scalars())

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 _CHANNEL_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PAYLOADS_PER_NOTIFY = 500  # NOTIFY payloads stay under PostgreSQL's 8000 bytes
 
 
 class Notifier:
@@ -54,12 +55,26 @@ class Notifier:
             cr.execute(sa.select(sa.func.pg_notify(channel, payload)))
         cr.postcommit(lambda: self.signal(channel, payload))
 
-    def signal(self, channel: str, payload: str = "") -> None:
-        """Wake this process's waiters on ``(channel, payload)`` now, with no database."""
+    def send_many(self, cr: Cursor, channel: str, payloads: list[str | int]) -> None:
+        """``send`` for many payloads in one NOTIFY (payloads joined by commas, so a payload
+        has none); receivers are woken for each."""
+        texts = [str(p) for p in payloads]
+        for start in range(0, len(texts), _PAYLOADS_PER_NOTIFY):
+            batch = texts[start : start + _PAYLOADS_PER_NOTIFY]
+            if cr.dialect == "postgresql":
+                cr.execute(sa.select(sa.func.pg_notify(channel, ",".join(batch))))
+            cr.postcommit(lambda batch=batch: self._signal_each(channel, batch))
+
+    def _signal_each(self, channel: str, payloads: list[str]) -> None:
         with self._condition:
-            self._generations[(channel, payload)] += 1
+            for payload in payloads:
+                self._generations[(channel, payload)] += 1
             self._generations[(channel, "")] += 1
             self._condition.notify_all()
+
+    def signal(self, channel: str, payload: str = "") -> None:
+        """Wake this process's waiters on ``(channel, payload)`` now, with no database."""
+        self._signal_each(channel, [payload])
 
     # -- receiving ---------------------------------------------------------------------------
     def generation(self, channel: str, payload: str | int = "") -> int:
@@ -110,7 +125,7 @@ class Notifier:
                             connection.execute(f"LISTEN {channel}")
                             listening.add(channel)
                         for notification in connection.notifies(timeout=0.5):
-                            self.signal(notification.channel, notification.payload)
+                            self._signal_each(notification.channel, notification.payload.split(","))
             except psycopg.Error as exc:  # the outage is logged once, by core.database
                 availability.lost("the notification listener lost its connection")
                 _logger.debug("Notification listener: %s; reconnecting", type(exc).__name__)

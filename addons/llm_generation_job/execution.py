@@ -1,164 +1,154 @@
-"""Running one attempt of a job in a worker; every write goes through the job store, fenced
-by the attempt's lease (see store.py).
+"""One attempt of a job, apart from its stream: what the stream needs, prepared in the claim's
+transaction; the path of providers that run jobs on their side; writes retried while the
+database is unavailable; what people are told when an attempt fails.
 
 ::
 
-    start     (one transaction)    the lease still ours? call the provider's
-                                   create_generation_job(job): an override with its own job
-                                   API returns the external id, which the store records,
-                                   releasing the lease (the status checks follow the job from
-                                   there); the default streams here:
-    prepare                        the store creates the reply message, or resets the one an
-                                   earlier attempt left, empty, state "streaming"; the
-                                   conversation is built; commit
-    stream    (no transaction held) provider.chat() through a read-only cursor; the text is
-              saved to the reply — the first piece at once, then at most every
-              FLUSH_INTERVAL — each save a short transaction that first renews the lease
-    finish    (one transaction)    job completed + reply done + attempt completed, or failed
-                                   (a retry scheduled when retryable), or cancelled (partial
-                                   reply kept, marked cancelled), or handed back
+    prepare        (the claim's     the request read (the conversation, then the provider's
+                   transaction)     wire request, or its own service), the lease checked, the
+                                    reply message created, or reset by a later attempt (with a
+                                    restart in the stream log): all the stream needs, so that it
+                                    reads nothing while it goes
+    stream         (engine.py)      the provider's answer; its pieces and its end recorded by
+                                    the engine's writer, fenced by the lease
+    provider jobs  a provider overriding ``create_generation_job`` runs its hook in a thread
+                   of the runner (``run_attempt``), in a transaction of its own: the external
+                   id it returns is recorded and the lease released (status checks follow the
+                   job from there); a hook that falls back to the default streams through the
+                   engine and returns when the stream has ended.
 
-If the worker dies anywhere in between, nothing is committed past the last save; the lease
-expires and the next attempt reuses the same reply message, so a job never posts two replies.
-
-When the database is unavailable (``DatabaseUnavailable``: connection lost, pool exhausted,
-SQLite locked past its busy timeout), the attempt waits it out: the stream goes on, its text
-kept in memory until a save gets through; the final write is retried with backoff for up to
-OUTAGE_PATIENCE seconds. An attempt that cannot go on (the database failed before its stream
-started, or while it read the provider's settings) hands its job back at once, not counted
-as a retry. A job never fails for the database's sake.
+If the worker dies anywhere, nothing is committed past the writer's last flush; the lease
+expires and the next attempt reuses the reply message, so a job never posts two replies.
+While the database is unavailable, a stream goes on (the writer waits the outage out); an
+attempt that cannot start hands its job back, not counted as a retry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import functools
 import logging
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import certifi
 import httpx
 
 from addons.llm_thread.wire.errors import ProviderError
-from addons.llm_thread.wire.events import Finish, TextDelta, Usage
 from core import DatabaseUnavailable, UserError
 from core.registry import Registry
 
-from .store import JobStore, Lease
+from .store import QUEUE, JobStore, Lease
+
+if TYPE_CHECKING:
+    from .engine import StreamEngine
 
 _logger = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.05
 OUTAGE_PATIENCE = 300.0  # seconds a final write waits for the database before giving up
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
 
 
-class AttemptControl:
-    """Lets another thread abort a running attempt: it shuts down the socket of the attempt's
-    connection and closes its HTTP client. The shutdown wakes a read blocked in the socket at
-    once (a provider sending nothing while it thinks), which closing alone does not. The
-    socket is learnt from httpcore's ``trace`` extension as soon as the connection is made,
-    so an abort before the response's headers works too."""
+@dataclass(frozen=True)
+class PreparedAttempt:
+    """All a stream needs, read in the claim's transaction. ``protocol`` names a built-in wire
+    protocol (``stream_args`` are the arguments of ``wire.astream_chat``); without one, the
+    provider's own service runs with ``model``, ``messages`` and ``options``."""
 
-    def __init__(self, lease: Lease):
-        self.lease = lease
-        # "fenced" (cancel requested or lease lost), "shutdown" or "deadline"
-        self.aborted: str | None = None
-        self.outcome: str | None = None
-        self.deadline_seconds: float | None = None
-        self._deadline: float | None = None
-        self._client: httpx.Client | None = None
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()
+    lease: Lease
+    seq: int  # the stream log's last seq before this attempt
+    attempt: int  # the attempt's number
+    deadline: float | None  # seconds the stream may last (its queue's attempt deadline)
+    protocol: str | None
+    stream_args: dict[str, Any]
+    provider_id: int
+    model: str | None
+    messages: list[dict[str, Any]]
+    options: dict[str, Any]
 
-    def start_deadline(self, seconds: float | None) -> None:
-        """The attempt's stream may last ``seconds`` from now (None: no limit)."""
-        if seconds:
-            self.deadline_seconds = seconds
-            self._deadline = time.monotonic() + seconds
 
-    def past_deadline(self) -> bool:
-        return self._deadline is not None and time.monotonic() > self._deadline
+def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
+    """The attempt's start (see the module docstring); None when the lease was lost. Raises
+    UserError when no request can be made (no chat model, an unusable key...)."""
+    job = store.jobs.browse(lease.job_id)
+    provider = job.provider_id
+    messages = job.thread_id._conversation(until=job.input_message_id)
+    inputs = job.generation_inputs or {}
+    if not job.input_message_id and inputs.get("prompt"):
+        # A job created with a prompt rather than a posted message (the contract's "Create a
+        # job" example): the prompt is the user's turn.
+        messages.append({"role": "user", "content": str(inputs["prompt"])})
+    options = dict(inputs.get("options") or {})
+    model = job.model_id.name or None
+    wired = provider._wire_stream(messages, model, **options)
+    deadline = store.env[QUEUE]._get_or_create_queue(provider.id).attempt_deadline_seconds
+    started = store.start_reply(lease)
+    if started is None:
+        return None
+    protocol, stream_args = wired or (None, {})
+    return PreparedAttempt(
+        lease=lease,
+        seq=started.seq,
+        attempt=started.attempt,
+        deadline=deadline or None,
+        protocol=protocol,
+        stream_args=stream_args,
+        provider_id=provider.id,
+        model=model,
+        messages=messages,
+        options=options,
+    )
 
-    def attach(self, client: httpx.Client) -> None:
-        with self._lock:
-            self._client = client
-            if self.aborted:
-                client.close()
 
-    def trace_request(self, request: httpx.Request) -> None:
-        """The attempt client's request hook: trace the connection the request goes on."""
-        request.extensions["trace"] = self._trace
+@dataclass
+class Attempt:
+    """An attempt run through a provider's job hook: its lease, the engine that streams for
+    it, how it ended, and why it was stopped (a hook cannot be interrupted: it is told)."""
 
-    def _trace(self, event: str, info: dict[str, Any]) -> None:
-        if event in _CONNECTED:
-            connected = info["return_value"].get_extra_info("socket")
-            with self._lock:
-                self._socket = connected
-                if self.aborted:
-                    _shut_down(connected)
+    lease: Lease
+    engine: StreamEngine
+    outcome: str | None = None
+    aborted: str | None = None
 
     def abort(self, reason: str) -> None:
-        with self._lock:
-            if self.aborted:
-                return
-            self.aborted = reason
-            if self._socket is not None:
-                _shut_down(self._socket)
-            if self._client is not None:
-                self._client.close()
+        self.aborted = self.aborted or reason
 
 
-# httpcore trace events whose return value is the connection's (TCP, then TLS) stream.
-_CONNECTED = frozenset(
-    {
-        "connection.connect_tcp.complete",
-        "connection.connect_unix_socket.complete",
-        "connection.start_tls.complete",
-    }
-)
-
-
-def _shut_down(connected: socket.socket) -> None:
-    """Shut the socket down both ways: a thread blocked reading it gets an error at once.
-    ``socket.socket.shutdown`` even for a TLS socket: ``SSLSocket.shutdown`` would also drop
-    the TLS state from under the reading thread."""
-    with contextlib.suppress(OSError):  # already closed
-        socket.socket.shutdown(connected, socket.SHUT_RDWR)
-
-
-class _Stopped(Exception):
-    """The attempt may not go on: its lease was lost or the job's cancellation requested."""
-
-
-_CURRENT: contextvars.ContextVar[AttemptControl | None] = contextvars.ContextVar(
+_CURRENT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
     "llmjobs_attempt", default=None
 )
 
 
-def run_attempt(registry: Registry, lease: Lease, control: AttemptControl | None = None) -> str:
-    """Run the attempt: the provider's ``create_generation_job`` either streams the reply
-    here (the default) or submits it to the provider's own job API and returns its id.
-    Returns the outcome: completed, failed, cancelled, submitted, interrupted (handed back)
-    or lost (the lease went to someone else)."""
-    control = control or AttemptControl(lease)
-    token = _CURRENT.set(control)
+def run_attempt(registry: Registry, lease: Lease, engine: StreamEngine | None = None) -> str:
+    """Run the attempt through its provider's ``create_generation_job``: submitted to the
+    provider's own job API (its id is recorded), or streamed by ``engine`` (the runner's in a
+    worker; a temporary one elsewhere) until it ends. Returns the outcome: completed,
+    failed, cancelled, submitted, interrupted (handed back) or lost (the lease went to
+    someone else)."""
+    if engine is None:
+        from .engine import StreamEngine
+        from .runner import active_runner
+
+        runner = active_runner(registry)
+        if runner is None:
+            with StreamEngine(registry, slots=1) as temporary:
+                return run_attempt(registry, lease, temporary)
+        engine = runner.engine
+    attempt = Attempt(lease, engine)
+    engine.hold(lease, attempt)
+    token = _CURRENT.set(attempt)
     try:
-        return _start(registry, lease, control)
+        return _start(registry, attempt)
     except DatabaseUnavailable as error:
         _logger.debug("Generation job %s could not start (%s); handed back", lease.job_id, error)
-        return hand_back(registry, control, f"The worker lost the database ({error.reason}).")
+        return hand_back(registry, attempt, f"The worker lost the database ({error.reason}).")
     finally:
         _CURRENT.reset(token)
+        engine.unhold(lease)
 
 
-def _start(registry: Registry, lease: Lease, control: AttemptControl) -> str:
+def _start(registry: Registry, attempt: Attempt) -> str:
+    lease = attempt.lease
     with registry.environment() as env:
         store = JobStore(env)
         if not store.holds(lease):
@@ -170,22 +160,62 @@ def _start(registry: Registry, lease: Lease, control: AttemptControl) -> str:
             raise
         except Exception as error:
             env.cr.rollback()
-            text, retryable, retry_after = _failure(error, lease.job_id)
-            return persist(
-                registry,
-                control,
-                lambda store: (
-                    "failed"
-                    if store.fail(lease, text, retryable=retryable, retry_after=retry_after)
-                    else "lost"
-                ),
-            )
+            return fail(registry, attempt, *describe_failure(error, lease.job_id))
         if external_id is None:
-            return control.outcome or "completed"
+            return attempt.outcome or "completed"
         return "submitted" if store.submit_external(lease, str(external_id)) else "lost"
 
 
-def persist(registry: Registry, control: AttemptControl, unit: Callable[[JobStore], str]) -> str:
+def stream_job_in_worker(job) -> None:
+    """The default ``create_generation_job``: prepare the attempt in ``job``'s transaction,
+    commit it, stream the reply through the attempt's engine and return when it has ended.
+    Must run inside ``run_attempt`` (a worker's dispatcher prepares and streams its jobs
+    without calling the hook)."""
+    attempt = _CURRENT.get()
+    if attempt is None or attempt.lease.job_id != job.id:
+        raise UserError(
+            f"Job {job.id} runs in a worker: queue it (action_queue) and start a worker "
+            "(llmjobs worker), or start it with action_start()."
+        )
+    registry = job.pool
+    try:
+        prepared = prepare(JobStore(job.env), attempt.lease)
+    except UserError as error:
+        job.env.cr.rollback()
+        attempt.outcome = fail(registry, attempt, str(error), False, None)
+        return
+    if prepared is None:
+        job.env.cr.rollback()
+        attempt.outcome = "lost"
+        return
+    job.env.cr.commit()  # nothing of the caller's transaction may stay open while streaming
+    stream = attempt.engine.submit(prepared)
+    attempt.engine.unhold(attempt.lease)  # the stream renews it now
+    stream.recorded.wait()
+    attempt.outcome = stream.result
+
+
+def fail(
+    registry: Registry,
+    attempt: Attempt,
+    text: str,
+    retryable: bool,
+    retry_after: float | None,
+) -> str:
+    """Fail the attempt (a retry scheduled when ``retryable``), waiting out an outage."""
+    lease = attempt.lease
+    return persist(
+        registry,
+        attempt,
+        lambda store: (
+            "failed"
+            if store.fail(lease, text, retryable=retryable, retry_after=retry_after)
+            else "lost"
+        ),
+    )
+
+
+def persist(registry: Registry, attempt: Attempt, unit: Callable[[JobStore], str]) -> str:
     """``unit(store)`` in a transaction of its own, tried again with backoff while the
     database is unavailable, for up to OUTAGE_PATIENCE seconds or until the worker shuts
     down. Returns what ``unit`` returns, or "interrupted" when it gave up (the lease then
@@ -196,66 +226,30 @@ def persist(registry: Registry, control: AttemptControl, unit: Callable[[JobStor
             with registry.environment() as env:
                 return unit(JobStore(env))
         except DatabaseUnavailable as error:  # core.database logs the outage, once
-            if control.aborted == "shutdown" or time.monotonic() + delay > deadline:
+            if attempt.aborted == "shutdown" or time.monotonic() + delay > deadline:
                 _logger.warning(
                     "Generation job %s: %s; giving up: its lease will expire and the job will "
                     "run again",
-                    control.lease.job_id,
+                    attempt.lease.job_id,
                     error.reason,
                 )
                 return "interrupted"
-            _logger.debug("Generation job %s waits for the database", control.lease.job_id)
+            _logger.debug("Generation job %s waits for the database", attempt.lease.job_id)
             time.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 
 
-def hand_back(registry: Registry, control: AttemptControl, reason: str) -> str:
+def hand_back(registry: Registry, attempt: Attempt, reason: str) -> str:
     """Give the job back to its queue at once (not counted as a retry)."""
-    lease = control.lease
+    lease = attempt.lease
     return persist(
-        registry, control, lambda store: "interrupted" if store.release(lease, reason) else "lost"
+        registry,
+        attempt,
+        lambda store: "interrupted" if store.release(lease, reason) else "lost",
     )
 
 
-def stream_job_in_worker(job) -> None:
-    """The default ``create_generation_job``: stream the reply from the provider, saving it
-    under the attempt's lease, and finish the job. Must run inside a worker's attempt
-    (``run_attempt``); commits ``job``'s transaction before streaming."""
-    control = _CURRENT.get()
-    if control is None or control.lease.job_id != job.id:
-        raise UserError(
-            f"Job {job.id} runs in a worker: queue it (action_queue) and start a worker "
-            "(llmjobs worker), or start it with action_start()."
-        )
-    registry = job.pool
-    started = JobStore(job.env).start_reply(control.lease)
-    if started is None:
-        job.env.cr.rollback()
-        control.outcome = "lost"
-        return
-    request = _request(*started)
-    job.env.cr.commit()  # nothing of the caller's transaction may stay open while streaming
-    reply = _Reply(registry, control)
-    control.start_deadline(request["deadline"])
-    try:
-        _stream(registry, request, reply, control)
-    except _Stopped:
-        control.outcome = reply.stop()
-    except DatabaseUnavailable as error:
-        control.outcome = hand_back(
-            registry, control, f"The worker lost the database ({error.reason})."
-        )
-    except Exception as error:
-        if control.aborted and isinstance(error, ProviderError | httpx.HTTPError | RuntimeError):
-            control.outcome = reply.stop()  # we closed the connection ourselves
-        else:
-            text, retryable, retry_after = _failure(error, job.id)
-            control.outcome = reply.fail(text, retryable=retryable, retry_after=retry_after)
-    else:
-        control.outcome = reply.stop() if control.aborted else reply.complete()
-
-
-def _failure(error: BaseException, job_id: int) -> tuple[str, bool, float | None]:
+def describe_failure(error: BaseException, job_id: int) -> tuple[str, bool, float | None]:
     """What to tell people about ``error``, and whether to retry: the provider's own words
     for a ProviderError, the message of a UserError; for anything else (a bug) a sentence
     pointing at the worker's log, where the details go, never the error's text (it may quote
@@ -269,155 +263,3 @@ def _failure(error: BaseException, job_id: int) -> tuple[str, bool, float | None
     _logger.error("Generation job %s failed unexpectedly", job_id, exc_info=error)
     kind = type(error).__name__
     return f"The worker failed unexpectedly ({kind}); the details are in its log.", False, None
-
-
-def _request(job, reply) -> dict[str, Any]:
-    """What the stream needs: the provider, model, conversation, options, timeout."""
-    messages = job.thread_id._conversation(until=job.input_message_id)
-    inputs = job.generation_inputs or {}
-    if not job.input_message_id and inputs.get("prompt"):
-        # A job created with a prompt rather than a posted message (the contract's "Create a
-        # job" example): the prompt is the user's turn.
-        messages.append({"role": "user", "content": str(inputs["prompt"])})
-    return {
-        "provider_id": job.provider_id.id,
-        "model": job.model_id.name or None,
-        "messages": messages,
-        "options": dict(inputs.get("options") or {}),
-        "timeout": job.provider_id.timeout or None,
-        "deadline": job.env["llm.generation.queue"]
-        ._get_or_create_queue(job.provider_id.id)
-        .attempt_deadline_seconds,
-        "message_id": reply.id,
-    }
-
-
-def _stream(
-    registry: Registry, request: dict[str, Any], reply: _Reply, control: AttemptControl
-) -> None:
-    # A client per attempt, so that aborting it closes only this stream; they share one TLS
-    # context (loading the CA bundle costs ~25 ms, more than a loopback generation).
-    with httpx.Client(
-        timeout=request["timeout"],
-        verify=_tls_context(),
-        event_hooks={"request": [control.trace_request]},
-    ) as client:
-        control.attach(client)
-        with registry.environment(readonly=True) as env:
-            provider = env["llm.provider"].browse(request["provider_id"])
-            stream = provider.chat(
-                request["messages"],
-                model=request["model"],
-                stream=True,
-                http_client=client,
-                **request["options"],
-            )
-            env.cr.commit()  # the stream holds no connection (a later read takes one again)
-            try:
-                for event in stream:
-                    if control.past_deadline():
-                        control.abort("deadline")
-                    if control.aborted:
-                        raise _Stopped
-                    if isinstance(event, TextDelta):
-                        reply.add(event.text)
-                    elif isinstance(event, Usage):
-                        reply.usage = event
-                    elif isinstance(event, Finish):
-                        reply.finish = event
-            finally:
-                stream.close()
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-class _Reply:
-    """The reply as it grows, and the store's transactions that record it."""
-
-    def __init__(self, registry: Registry, control: AttemptControl):
-        self.registry = registry
-        self.control = control
-        self.lease = control.lease
-        self.parts: list[str] = []
-        self.saved = 0
-        self.last_save = 0.0
-        self.usage: Usage | None = None
-        self.finish: Finish | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-        now = time.monotonic()
-        if self.saved == 0 or now - self.last_save >= FLUSH_INTERVAL:
-            self.save()
-            self.last_save = now
-
-    def save(self) -> None:
-        """Save the text so far (renewing the lease), or raise _Stopped. While the database
-        is unavailable the text stays here and the stream goes on: the next save sends it."""
-        try:
-            with self.registry.environment() as env:
-                held = JobStore(env).save_progress(self.lease, self.text)
-        except DatabaseUnavailable as error:  # core.database logs the outage, once
-            _logger.debug("Job %s streams on without saving: %s", self.lease.job_id, error)
-            return
-        if not held:
-            raise _Stopped
-        self.saved = len(self.parts)
-
-    def complete(self) -> str:
-        values: dict[str, Any] = {"body": self.text, "state": "done"}
-        if self.usage is not None:
-            values.update(
-                prompt_tokens=self.usage.prompt_tokens or 0,
-                completion_tokens=self.usage.completion_tokens or 0,
-            )
-        if self.finish is not None:
-            values.update(
-                finish_reason=self.finish.reason or False,
-                provider_metadata=self.finish.metadata or False,
-            )
-        return persist(
-            self.registry,
-            self.control,
-            lambda store: "completed" if store.complete(self.lease, values) else "lost",
-        )
-
-    def fail(self, error: str, *, retryable: bool, retry_after: float | None = None) -> str:
-        return persist(
-            self.registry,
-            self.control,
-            lambda store: (
-                "failed"
-                if store.fail(
-                    self.lease, error, retryable=retryable, retry_after=retry_after, text=self.text
-                )
-                else "lost"
-            ),
-        )
-
-    def stop(self) -> str:
-        """The attempt was aborted: past its deadline it failed (retryably); otherwise record
-        a requested cancellation; on a shutdown hand the job back; a lost lease leaves the job
-        to whoever owns it now."""
-        if self.control.aborted == "deadline":
-            limit = self.control.deadline_seconds
-            return self.fail(
-                f"The reply took longer than its queue allows ({limit:g} s).", retryable=True
-            )
-        shutdown = self.control.aborted == "shutdown"
-
-        def stop(store: JobStore) -> str:
-            if store.finish_cancelled(self.lease, self.text):
-                return "cancelled"
-            if shutdown and store.release(self.lease, "The worker shut down during the attempt."):
-                return "interrupted"
-            return "lost"
-
-        return persist(self.registry, self.control, stop)

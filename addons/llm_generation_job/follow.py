@@ -62,49 +62,53 @@ class _Look:
     position: int | None
     workers: int | None
     message: dict[str, Any] | None
-    body: str
     error: str
     retry_at: dt.datetime | None
+    chunks: list[dict[str, Any]]  # the stream log after the last seq seen
 
     @property
     def retry_pending(self) -> bool:
         return self.state == "failed" and self.retry_at is not None
 
 
-def _look(env, job_id: int) -> _Look:
+def _look(env, job_id: int, after_seq: int) -> _Look:
     job = env["llm.generation.job"].browse(job_id)
     state = job.state
     queued = state == "queued"
     message = job.output_message_id
+    chunks = env["llm.generation.job.chunk"].search(
+        [("job_id", "=", job_id), ("seq", ">", after_seq)], order="seq"
+    )
     return _Look(
         state=state,
         position=job._queue_position() if queued else None,
         workers=env["llm.generation.worker"].live_count(job.provider_id.id) if queued else None,
         message=updates.message_payload(message) if message else None,
-        body=(message.body or "") if message else "",
         error=job.error_message or "",
         retry_at=(job.next_retry_at or None) if job.error_kind == "retryable" else None,
+        chunks=chunks.read(["seq", "kind", "content", "attempt"]),
     )
 
 
-def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
+def follow_job(env, job_id: int, after_seq: int = 0) -> Iterator[dict[str, Any]]:
     """The job's updates until it ends: completed, cancelled, or failed with no retry to
     come. A failure with a retry scheduled is a ``retrying`` status, and the new attempt's
     reply follows; while the database is unavailable, a status says so once and the
-    follower keeps looking, less often."""
+    follower keeps looking, less often. The reply's pieces come from the stream log, each
+    with its ``seq``: a follower that comes back resumes after the last it saw
+    (``after_seq``)."""
     registry = env.registry
     notifier = notifier_for(registry)
     notifier.listen(*CHANNELS)
     poll = POLL_INTERVAL.get(registry.dialect, 1.0)
     last_status: tuple | None = None
-    sent = ""
     announced = False
     outage_delay: float | None = None
     while True:
         since = notifier.generation(PROGRESS, job_id)
         try:
             with registry.environment(user=env.uid, su=env.su, readonly=True) as watch:
-                look = _look(watch, job_id)
+                look = _look(watch, job_id, after_seq)
         except DatabaseUnavailable as error:
             if outage_delay is None:
                 state = last_status[0] if last_status else "unknown"
@@ -118,7 +122,7 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
             outage_delay = min(outage_delay * 2, OUTAGE_POLL_MAX)
             continue
         outage_delay = None
-        state, message_data, body = look.state, look.message, look.body
+        state, message_data = look.state, look.message
         status = (state, look.position, bool(look.workers), look.retry_at)
         if status != last_status and (state in ("queued", "running") or look.retry_pending):
             yield _status_update(job_id, look)
@@ -126,12 +130,14 @@ def follow_job(env, job_id: int) -> Iterator[dict[str, Any]]:
         if message_data and not announced:
             yield updates.message_create(message_data)
             announced = True
-        if body.startswith(sent) and len(body) > len(sent):
-            yield updates.message_chunk(message_data, body[len(sent) :])
-            sent = body
-        elif not body.startswith(sent):  # a new attempt restarted the reply
-            sent = body
-            yield updates.message_update(message_data)
+        for chunk in look.chunks:
+            seq = chunk["seq"]
+            if chunk["kind"] == "restart":  # a new attempt: the reply starts over
+                attempt = chunk["attempt"]
+                yield updates.restart(message_data, job_id=job_id, attempt=attempt, seq=seq)
+            else:
+                yield updates.message_chunk(message_data, chunk["content"] or "", seq=seq)
+            after_seq = seq
         if state == "completed":
             yield updates.message_update(message_data)
             yield updates.done(message_data, job_id=job_id)

@@ -4,16 +4,20 @@
 
     dispatcher thread   wakes on "job queued" (NOTIFY / in-process signal) or every
                         poll_interval; takes back expired leases and requeues due retries,
-                        then claims jobs for its free slots, queue by queue (store.py)
-    attempt threads     one per running job (at most `concurrency`): execution.run_attempt
-    heartbeat thread    every BEAT_SECONDS, and at once on "cancel" signals: renews the leases
-                        of the running attempts in one statement (an attempt whose lease was
-                        lost or whose cancellation was requested is aborted: its stream is
-                        closed; so is one past its queue's attempt deadline) and beats the
+                        then, queue by queue, claims jobs for the free slots and prepares
+                        their attempts in the same transaction (store.py, execution.py) and
+                        hands them to the engine
+    stream engine       (engine.py) one event loop streaming every reply, one writer thread
+                        recording their pieces and ends, renewing leases and beating the
                         worker's row (llm.generation.worker)
+    hook threads        a few, for providers that run jobs on their side: their
+                        ``create_generation_job`` hook (execution.run_attempt)
 
-Stopping (SIGTERM): the dispatcher ends first, so no claim is in flight; running attempts get
-``timeout`` seconds to finish, then are aborted and their jobs handed back to the queue at
+A worker holds a few database connections (dispatcher, writer, hook threads, listener),
+however many jobs it runs; it claims only what it has slots for.
+
+Stopping (SIGTERM): the dispatcher ends first, so no claim is in flight; running streams get
+``timeout`` seconds to finish, then are stopped and their jobs handed back to the queue at
 once (not counted as a retry); a lease handed to a stopping runner is handed back too. The
 worker's row then says it stopped. While the database is unavailable the threads try again
 (core.database logs the outage once per process); an attempt that crashes (a bug) fails
@@ -24,23 +28,26 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from core import DatabaseUnavailable
+from core import DatabaseUnavailable, RegistryError
 from core.notify import notifier_for
 from core.registry import Registry
 
-from .execution import AttemptControl, hand_back, persist, run_attempt
-from .signals import CANCEL, CHANNELS, QUEUED
+from .engine import StreamEngine
+from .execution import Attempt, describe_failure, hand_back, persist, prepare, run_attempt
+from .signals import CHANNELS, QUEUED
 from .store import LEASE_SECONDS, JobStore, Lease
+from .writer import BEAT_SECONDS
 
 _logger = logging.getLogger(__name__)
 _ACTIVE: dict[int, JobRunner] = {}
-BEAT_SECONDS = min(2.0, LEASE_SECONDS / 3)
 CLAIM_GRACE = 10.0  # seconds a stop waits for a claim in flight, whatever its timeout
+HOOK_THREADS = 4  # provider job hooks (create_generation_job overrides) run at once
 
 
 def active_runner(registry: Registry) -> JobRunner | None:
@@ -69,12 +76,16 @@ class JobRunner:
         self.queues = queues
         self.worker = worker_name()
         self.notifier = notifier_for(registry)
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="llmjobs-attempt")
-        self._controls: dict[Lease, AttemptControl] = {}
+        self.engine = StreamEngine(
+            registry,
+            slots=concurrency,
+            on_beat=self._beat,
+            on_free=lambda: self.notifier.signal(QUEUED),  # claim more at once
+        )
+        self._hooks = ThreadPoolExecutor(HOOK_THREADS, thread_name_prefix="llmjobs-hook")
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
-        self._heartbeat: threading.Thread | None = None
         self._provider_ids: list[int] = []
         self._worker_id: int | None = None
 
@@ -87,16 +98,14 @@ class JobRunner:
                 .register(self.concurrency, self._provider_ids, BEAT_SECONDS)
                 .id
             )
+        _allow_open_files(2 * self.concurrency + 64)
         self.notifier.listen(*CHANNELS)
+        self.engine.start()
         _ACTIVE[id(self.registry)] = self
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="llmjobs-dispatch", daemon=True
         )
-        self._heartbeat = threading.Thread(
-            target=self._heartbeat_loop, name="llmjobs-heartbeat", daemon=True
-        )
         self._dispatcher.start()
-        self._heartbeat.start()
 
     def _resolve_queues(self, env) -> list[int]:
         if self.queues is None:
@@ -104,11 +113,9 @@ class JobRunner:
         providers = env["llm.provider"].search([("name", "in", list(self.queues))])
         missing = sorted(set(self.queues) - set(providers.mapped("name")))
         if missing:
-            from core import RegistryError
-
             raise RegistryError(
-                f"The worker's queues name unknown providers: "
-                f"{', '.join(missing)} (LLMJOBS_WORKER_QUEUES)."
+                f"The worker's queues name unknown providers: {', '.join(missing)} "
+                "(LLMJOBS_WORKER_QUEUES)."
             )
         return providers.ids
 
@@ -116,20 +123,11 @@ class JobRunner:
         """Finish or hand back the running attempts, then stop."""
         with self._lock:  # no submit() after this: see submit()
             self._stopping.set()
-        self.notifier.signal(QUEUED)  # wake the dispatcher and the heartbeat so they see
-        self.notifier.signal(CANCEL)  # the stop
-        deadline = time.monotonic() + timeout
-        if self._dispatcher is not None:  # a claim in flight ends with its leases submitted
-            self._dispatcher.join(timeout=max(timeout, CLAIM_GRACE))  # (so handed back)
-        while self._running() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with self._lock:
-            controls = list(self._controls.values())
-        for control in controls:
-            control.abort("shutdown")
-        self._executor.shutdown(wait=True)
-        if self._heartbeat is not None:
-            self._heartbeat.join(timeout=5)
+        self.notifier.signal(QUEUED)  # wake the dispatcher so that it sees the stop
+        if self._dispatcher is not None:  # a claim in flight ends with its leases handed
+            self._dispatcher.join(timeout=max(timeout, CLAIM_GRACE))  # to the engine
+        self.engine.stop(timeout)
+        self._hooks.shutdown(wait=True)
         _ACTIVE.pop(id(self.registry), None)
         self._mark_stopped()
         self.notifier.close()
@@ -140,46 +138,48 @@ class JobRunner:
                 env["llm.generation.worker"].browse(self._worker_id).mark_stopped()
         except DatabaseUnavailable as error:
             _logger.warning(
-                "Could not record the worker's stop (%s); it will read as dead "
-                "once its beats are missed",
+                "Could not record the worker's stop (%s); it will read as dead once its beats "
+                "are missed",
                 error.reason,
             )
 
-    # -- slots -------------------------------------------------------------------------------
-    def _running(self) -> int:
-        with self._lock:
-            return len(self._controls)
+    def _beat(self, env) -> None:
+        """The writer's beat, in its transaction: the worker's row."""
+        env["llm.generation.worker"].browse(self._worker_id).beat(
+            self.engine.running(), BEAT_SECONDS
+        )
 
+    # -- slots -------------------------------------------------------------------------------
     def free_slots(self) -> int:
-        return 0 if self._stopping.is_set() else max(self.concurrency - self._running(), 0)
+        if self._stopping.is_set():
+            return 0
+        return max(self.concurrency - self.engine.running(), 0)
 
     def submit(self, lease: Lease) -> None:
-        """Run the attempt of ``lease`` on a free slot; a stopping runner hands it back."""
-        control = AttemptControl(lease)
+        """Run the attempt of a lease claimed elsewhere (a cron, action_start) through its
+        provider's hook; a stopping runner hands it back."""
         with self._lock:
             accepted = not self._stopping.is_set()
             if accepted:
-                self._controls[lease] = control
-                self._executor.submit(self._run, control)
+                self.engine.hold(lease, Attempt(lease, self.engine))  # its slot, from now
+                self._hooks.submit(self._run_hook, lease)
         if not accepted:
-            hand_back(self.registry, control, "The worker was stopping when it claimed the job.")
+            attempt = Attempt(lease, self.engine)
+            hand_back(self.registry, attempt, "The worker was stopping when it claimed the job.")
 
-    def _run(self, control: AttemptControl) -> None:
-        lease = control.lease
+    def _run_hook(self, lease: Lease) -> None:
         try:
-            run_attempt(self.registry, lease, control)
+            run_attempt(self.registry, lease, self.engine)
         except Exception as error:
             _logger.exception("The attempt of generation job %s crashed", lease.job_id)
             message = f"The worker's attempt crashed ({type(error).__name__}); see its log."
             persist(
                 self.registry,
-                control,
+                Attempt(lease, self.engine),
                 lambda store: "failed" if store.fail(lease, message, retryable=True) else "lost",
             )
         finally:
-            with self._lock:
-                self._controls.pop(lease, None)
-            self.notifier.signal(QUEUED)  # a slot is free: look for more work
+            self.engine.unhold(lease)  # (run_attempt has, unless it crashed first)
 
     # -- dispatcher --------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -210,39 +210,59 @@ class JobRunner:
                 domain = [("enabled", "=", True)]
                 if self._provider_ids:
                     domain.append(("provider_id", "in", self._provider_ids))
-                providers = env["llm.generation.queue"].search(domain).mapped("provider_id").ids
-            leases: list[Lease] = []
-            for provider_id in providers:
-                free = self.free_slots() - len(leases)
+                providers = env["llm.generation.queue"].search(domain).mapped("provider_id")
+                streaming = {p.id for p in providers if p._streams_in_worker()}
+            started = 0
+            for provider_id in providers.ids:
+                free = self.free_slots()
                 if free <= 0:
                     break
-                with self.registry.environment() as env:
-                    leases += JobStore(env).claim(provider_id, self.worker, limit=free)
-            for lease in leases:
-                self.submit(lease)
-            if not leases:
+                started += self._claim_provider(provider_id, free, provider_id in streaming)
+            if not started:
                 return
 
-    # -- heartbeat ---------------------------------------------------------------------------
-    def _heartbeat_loop(self) -> None:
-        while not self._stopping.is_set():
-            since = self.notifier.generation(CANCEL)
-            try:
-                self._beat()
-            except DatabaseUnavailable:  # core.database logs the outage, once
-                pass
-            except Exception:
-                _logger.exception("The worker's heartbeat failed; trying again shortly")
-            self.notifier.wait(CANCEL, "", since, BEAT_SECONDS)
-
-    def _beat(self) -> None:
-        with self._lock:
-            controls = {lease: c for lease, c in self._controls.items() if not c.aborted}
+    def _claim_provider(self, provider_id: int, free: int, streams: bool) -> int:
+        """Claim and prepare up to ``free`` jobs of the provider in one transaction, then
+        start them; returns how many were claimed."""
         with self.registry.environment() as env:
-            held = set(JobStore(env).renew(list(controls)))
-            env["llm.generation.worker"].browse(self._worker_id).beat(len(controls), BEAT_SECONDS)
-        for lease, control in controls.items():
-            if control.past_deadline():  # a reply trickling in, or a provider gone silent
-                control.abort("deadline")
-            elif lease not in held:
-                control.abort("fenced")
+            store = JobStore(env)
+            leases = store.claim(provider_id, self.worker, limit=free)
+            prepared = [self._prepare(env, store, lease) for lease in leases] if streams else []
+        if not streams:
+            for lease in leases:
+                self.submit(lease)
+        for attempt in prepared:
+            if attempt is not None:
+                self.engine.submit(attempt)
+        return len(leases)
+
+    @staticmethod
+    def _prepare(env, store: JobStore, lease: Lease):
+        """``prepare`` in a savepoint: an attempt that cannot be prepared fails alone."""
+        try:
+            with env.cr.savepoint():
+                return prepare(store, lease)
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            text, retryable, retry_after = describe_failure(error, lease.job_id)
+            store.fail(lease, text, retryable=retryable, retry_after=retry_after)
+            return None
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise this process's limit of open files to ``needed`` when it is lower (each stream
+    holds a socket), up to the hard limit; say so when even that is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        _logger.warning(
+            "The worker may open %d files at most (needed: %d for its concurrency); streams "
+            "beyond that are handed back. Raise the hard limit (ulimit -Hn) or lower "
+            "LLMJOBS_WORKER_CONCURRENCY.",
+            target,
+            needed,
+        )

@@ -51,6 +51,7 @@ _logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = float(os.environ.get("LLMJOBS_JOB_LEASE_SECONDS", "30"))
 JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.generation.queue"
+CHUNK = "llm.generation.job.chunk"
 ACTIVE_STATES = ("queued", "running")
 FINISHED_STATES = ("completed", "failed", "cancelled")
 CLAIM_ORDER = "priority desc, queued_at, id"
@@ -101,6 +102,27 @@ class Lease:
     job_id: int
     token: str
     attempt_id: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of a reply for the stream log: the ``seq``-th row of its job."""
+
+    lease: Lease
+    seq: int
+    attempt: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyStart:
+    """An attempt's start: its job and reply message (in the store's environment), the last
+    ``seq`` of the stream log (the attempt's pieces follow it) and the attempt's number."""
+
+    job: Any
+    message: Any
+    seq: int
+    attempt: int
 
 
 def _now() -> dt.datetime:
@@ -258,10 +280,11 @@ class JobStore:
         """Whether ``lease`` still owns its job (renewing it)."""
         return bool(self._hold(lease))
 
-    def start_reply(self, lease: Lease):
-        """The attempt's start: the job and its (empty, "streaming") reply message, created
-        on the first attempt and reused by later ones; None when the lease was lost (nothing
-        is written then)."""
+    def start_reply(self, lease: Lease) -> ReplyStart | None:
+        """The attempt's start: its reply message, created on the first attempt and reset
+        (empty, "streaming") by later ones, whose start a ``restart`` row in the stream log
+        records when an earlier attempt logged anything; None when the lease was lost
+        (nothing is written then)."""
         job = self._hold(lease)
         if not job:
             return None
@@ -271,20 +294,60 @@ class JobStore:
         else:
             reply = job.thread_id.message_post(body="", llm_role="assistant", state="streaming")
             job.write_where(self._held(lease), {"output_message_id": reply.id})
+        attempt = self.env[ATTEMPT].browse(lease.attempt_id).number
+        last = self.env[CHUNK].search([("job_id", "=", job.id)], order="seq desc", limit=1)
+        seq = last.seq
+        if last:
+            seq += 1
+            values = {"job_id": job.id, "seq": seq, "kind": "restart", "attempt": attempt}
+            self.env[CHUNK].create(values)
         self._signal(PROGRESS, [job.id])
-        return job, reply
+        return ReplyStart(job, reply, seq, attempt)
 
-    def save_progress(self, lease: Lease, text: str) -> bool:
-        """Save the reply's text so far (renewing the lease); False when the lease was lost
-        or a cancellation requested."""
-        job = self._hold(lease)
-        if not job:
-            return False
-        job.output_message_id.write({"body": text})
-        self._signal(PROGRESS, [job.id])
-        return True
+    def append(self, pieces: Sequence[Piece]) -> list[Lease]:
+        """Log ``pieces`` of the streams whose leases still hold: their job rows are locked
+        (one statement, no row rewritten: leases are renewed by ``renew``, at each beat), so
+        nobody takes a lease over until the transaction ends; then one INSERT. Returns the
+        leases that no longer hold (lost, or a cancellation requested: their streams must
+        stop, their pieces are dropped)."""
+        leases = list(dict.fromkeys(piece.lease for piece in pieces))
+        if not leases:
+            return []
+        jobs = self.jobs.browse(sorted({lease.job_id for lease in leases}))
+        holding = [
+            *self._leases_domain(leases),
+            ("state", "=", "running"),
+            ("cancel_requested", "=", False),
+        ]
+        held_ids = set(jobs.lock_for_update(domain=holding).ids)
+        held = {lease for lease in leases if lease.job_id in held_ids}
+        self._log([piece for piece in pieces if piece.lease in held])
+        return [lease for lease in leases if lease not in held]
 
-    def complete(self, lease: Lease, message_values: dict[str, Any]) -> bool:
+    def _log(self, pieces: Sequence[Piece]) -> None:
+        if not pieces:
+            return
+        self.env[CHUNK].create(
+            [
+                {"job_id": p.lease.job_id, "seq": p.seq, "attempt": p.attempt, "content": p.text}
+                for p in pieces
+            ]
+        )
+        self.notifier.send_many(
+            self.env.cr, PROGRESS, list(dict.fromkeys(p.lease.job_id for p in pieces))
+        )
+
+    def logged_through(self, job_ids: Sequence[int]) -> dict[int, int]:
+        """The highest ``seq`` logged per job (after a commit whose outcome is unknown, the
+        writer drops what is already there)."""
+        groups = self.env[CHUNK].read_group(
+            [("job_id", "in", list(job_ids))], ["job_id"], ["seq:max"]
+        )
+        return {group["job_id"]: group["seq:max"] for group in groups}
+
+    def complete(
+        self, lease: Lease, message_values: dict[str, Any], tail: Sequence[Piece] = ()
+    ) -> bool:
         """The job completed: job, reply and attempt, or nothing (False: the lease was lost).
         A completion wins over a cancellation requested meanwhile: there is nothing left to
         stop."""
@@ -304,6 +367,7 @@ class JobStore:
         if not done:
             return False
         job.output_message_id.write(message_values)
+        self._log(tail)
         self._close_attempts(job, "completed", now, attempt_id=lease.attempt_id)
         self._signal(PROGRESS, [job.id])
         return True
@@ -316,17 +380,20 @@ class JobStore:
         retryable: bool,
         retry_after: float | None = None,
         text: str | None = None,
+        tail: Sequence[Piece] = (),
     ) -> bool:
         """The attempt failed: a retry is scheduled when the error is retryable and retries
         are left, else the job fails for good; a requested cancellation wins. ``text``: the
-        partial reply, kept and marked with the error. False when the lease was lost."""
+        partial reply, kept and marked with the error (``tail``: its pieces not logged yet).
+        False when the lease was lost."""
         job = self._hold(lease, cancelled_ok=True)
         if not job:
             return False
         if job.cancel_requested:
-            return self.finish_cancelled(lease, text)
+            return self.finish_cancelled(lease, text, tail)
         if text is not None and job.output_message_id:
             job.output_message_id.write({"body": text})
+        self._log(tail)
         self._fail(
             job,
             self._held(lease, cancelled_ok=True),
@@ -337,7 +404,9 @@ class JobStore:
         )
         return True
 
-    def finish_cancelled(self, lease: Lease, text: str | None = None) -> bool:
+    def finish_cancelled(
+        self, lease: Lease, text: str | None = None, tail: Sequence[Piece] = ()
+    ) -> bool:
         """The attempt stopped for a requested cancellation: the job cancelled, its partial
         reply kept, marked cancelled. False when the lease was lost or no cancel requested."""
         job = self.jobs.browse(lease.job_id)
@@ -352,6 +421,7 @@ class JobStore:
             return False
         if text is not None and job.output_message_id:
             job.output_message_id.write({"body": text})
+        self._log(tail)
         return True
 
     def release(self, lease: Lease, reason: str) -> bool:

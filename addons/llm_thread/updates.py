@@ -12,7 +12,10 @@
                                                              keeps its partial text, marked)
 
 Queued mode adds ``{'type': 'job_status', 'job_id', 'state', 'position', 'message'}`` before
-the reply and ends a cancelled job with ``{'type': 'cancelled', 'job_id', 'message'}``.
+the reply, a ``seq`` to each ``message_chunk`` (its place in the job's stream log, to resume
+after), ``{'type': 'restart', 'message', 'job_id', 'attempt', 'seq'}`` when a new attempt
+starts the reply over, and ends a cancelled job with ``{'type': 'cancelled', 'job_id',
+'message'}``.
 MESSAGE is ``message_payload(message)``: plain data, safe to send as JSON.
 """
 
@@ -39,8 +42,12 @@ def message_create(payload: dict) -> dict[str, Any]:
     return {"type": "message_create", "message": payload}
 
 
-def message_chunk(payload: dict, content: str) -> dict[str, Any]:
-    return {"type": "message_chunk", "message": payload, "content": content}
+def message_chunk(payload: dict, content: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "message_chunk", "message": payload, "content": content, **extra}
+
+
+def restart(payload: dict | None, **extra: Any) -> dict[str, Any]:
+    return {"type": "restart", "message": payload, **extra}
 
 
 def message_update(payload: dict) -> dict[str, Any]:

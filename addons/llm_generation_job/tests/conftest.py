@@ -134,3 +134,11 @@ def start_workers(db_url, tmp_path):
             worker.kill()
             raise
         assert code in (0, -signal.SIGKILL), worker.log.read_text()
+
+
+def streaming(env, job_ids) -> set[int]:
+    """The jobs among ``job_ids`` whose reply has begun to stream (pieces in their log)."""
+    chunks = env["llm.generation.job.chunk"].search(
+        [("job_id", "in", list(job_ids)), ("kind", "=", "text")]
+    )
+    return set(chunks.mapped("job_id").ids)

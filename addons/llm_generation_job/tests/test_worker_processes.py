@@ -10,6 +10,8 @@ import pytest
 
 from addons.llm_generation_job.follow import wait_finished
 
+from .conftest import streaming
+
 pytestmark = pytest.mark.slow
 
 # Short, so that a killed worker's jobs come back quickly; not shorter: on SQLite four busy
@@ -102,7 +104,8 @@ def test_sigkill_mid_job_loses_no_job_and_duplicates_no_reply(
             attempts = env["llm.generation.job.attempt"].search(
                 [("worker", "like", f":{victim.pid}"), ("outcome", "=", "running")]
             )
-            return bool(attempts) and all(a.job_id.output_message_id.body for a in attempts)
+            jobs = attempts.mapped("job_id").ids
+            return bool(attempts) and streaming(env, jobs) == set(jobs)
 
     deadline = time.monotonic() + 30
     while not victim_is_streaming():
@@ -143,7 +146,7 @@ def test_failures_and_cancellation_with_workers(registry, start_workers, openai_
     with registry.environment() as env:  # wait until the long job streams, then cancel it
         job = env["llm.generation.job"].browse(long_job)
         deadline = time.monotonic() + 20
-        while not (job.output_message_id and job.output_message_id.body):
+        while not streaming(env, job.ids):
             assert time.monotonic() < deadline
             env.cr.commit()
             time.sleep(0.05)
@@ -181,7 +184,7 @@ def test_a_stopped_worker_hands_its_jobs_back_at_once(registry, start_workers, o
     with registry.environment(readonly=True) as env:
         jobs = env["llm.generation.job"].browse(job_ids)
         deadline = time.monotonic() + 30
-        while len(jobs.mapped("output_message_id").filtered("body")) < 3:
+        while len(streaming(env, job_ids)) < 3:
             assert time.monotonic() < deadline, "the worker never streamed"
             env.cr.commit()
             time.sleep(0.05)

@@ -150,6 +150,29 @@ class LLMProvider(models.Model):
         settings = self._wire_settings()  # read now: nothing is read while streaming
         return _stream(protocol, settings, messages, model, http_client, options)
 
+    def _wire_stream(
+        self, messages: list[dict], model=None, **options: Any
+    ) -> tuple[str, dict[str, Any]] | None:
+        """``(protocol, arguments of wire.astream_chat)`` for a chat of this provider, when its
+        service is a built-in protocol and no addon overrides its chat method: what an
+        asynchronous client needs, read now, so that nothing is read while it streams.
+        None when ``<service>_chat`` must run (an addon's own service)."""
+        self.ensure_one()
+        method = f"{self.service}_chat"
+        builtin = vars(LLMProvider).get(method)
+        if self.service not in wire.PROTOCOLS or getattr(type(self), method) is not builtin:
+            return None
+        settings = self._wire_settings()
+        return self.service, {
+            "provider": settings["provider"],
+            "api_base": settings["api_base"],
+            "api_key": settings["api_key"],
+            "timeout": settings["timeout"],
+            "model": self._model_name(model),
+            "messages": self.format_messages(messages),
+            "options": options,
+        }
+
     def _wire_settings(self) -> dict[str, Any]:
         self.ensure_one()
         return {

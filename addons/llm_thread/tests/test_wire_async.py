@@ -5,11 +5,20 @@ by its timeout, and a cancelled stream closes its connection at once."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 
 import httpx
 import pytest
 
-from addons.llm_thread.wire import PROTOCOLS, Finish, ProviderError, astream_chat, stream_chat
+from addons.llm_thread.wire import (
+    PROTOCOLS,
+    Finish,
+    ProviderError,
+    TextDelta,
+    astream_chat,
+    stream_chat,
+)
 
 from .test_wire import KEY, MODELS
 
@@ -127,3 +136,88 @@ def test_the_key_is_sent_and_never_shown(make_simulator):
     _, error = asyncio.run(run(KEY + "-wrong"))
     assert error.status == 401 and not error.retryable
     assert KEY not in str(error) and KEY not in repr(error)
+
+
+class OnceServer:
+    """A server that answers the first request of each connection and, when a second comes
+    on it, closes the connection without answering: what a client meets when it reuses a
+    pooled connection just as the server's keep-alive timeout closes it."""
+
+    BODY = (
+        'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+        'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'
+        "data: [DONE]\n\n"
+    )
+
+    def __init__(self):
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/v1"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer_once, args=(connection,), daemon=True).start()
+
+    def _answer_once(self, connection):
+        with connection:
+            self._read_request(connection)
+            payload = self.BODY.encode()
+            head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+            connection.sendall(f"{head}{len(payload)}\r\n\r\n".encode() + payload)
+            self._read_request(connection)  # the next request on this connection: dropped
+
+    @staticmethod
+    def _read_request(connection):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            received = connection.recv(65536)
+            if not received:
+                return
+            data += received
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        while len(body) < length:
+            body += connection.recv(65536)
+
+    def close(self):
+        self.socket.close()
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_request_on_a_connection_the_server_closed_is_sent_again(driver):
+    server = OnceServer()
+    args = {
+        "provider": "p",
+        "api_base": server.url,
+        "api_key": None,
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    try:
+        if driver == "sync":
+            with httpx.Client(timeout=5) as client:
+                for _ in range(3):
+                    events = list(stream_chat("openai", client, **args))
+                    assert events[0] == TextDelta("hi")
+        else:
+
+            async def run():
+                async with httpx.AsyncClient(timeout=5) as client:
+                    for _ in range(3):
+                        events = [e async for e in astream_chat("openai", client, **args)]
+                        assert events[0] == TextDelta("hi")
+
+            asyncio.run(run())
+    finally:
+        server.close()
+    assert server.connections == 3  # each later request found its pooled connection dropped

@@ -101,16 +101,32 @@ async def astream(
         yield event
 
 
+# A pooled keep-alive connection the server closed while it sat idle fails the next request
+# before any byte of an answer (a reset, or "disconnected without sending a response"): the
+# request never reached the server, so it is sent once more, on a new connection.
+_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 @contextmanager
 def _open(client: httpx.Client, request: ChatRequest, provider: str, api_key: str | None):
     try:
-        with client.stream(
-            "POST", request.url, headers=request.headers, json=request.body
-        ) as response:
+        for resend in (True, False):
+            built = client.build_request(
+                "POST", request.url, headers=request.headers, json=request.body
+            )
+            try:
+                response = client.send(built, stream=True)
+                break
+            except _STALE_CONNECTION:
+                if not resend:
+                    raise
+        try:
             if not response.is_success:
                 response.read()
                 raise errors.from_response(provider, response, api_key)
             yield response
+        finally:
+            response.close()
     except httpx.RequestError as error:
         raise errors.from_transport(provider, error, api_key) from error
 
@@ -124,13 +140,23 @@ async def _aopen(
     timeout: float | None,
 ):
     try:
-        async with client.stream(
-            "POST", request.url, headers=request.headers, json=request.body, timeout=timeout
-        ) as response:
+        for resend in (True, False):
+            built = client.build_request(
+                "POST", request.url, headers=request.headers, json=request.body, timeout=timeout
+            )
+            try:
+                response = await client.send(built, stream=True)
+                break
+            except _STALE_CONNECTION:
+                if not resend:
+                    raise
+        try:
             if not response.is_success:
                 await response.aread()
                 raise errors.from_response(provider, response, api_key)
             yield response
+        finally:
+            await response.aclose()
     except httpx.RequestError as error:
         raise errors.from_transport(provider, error, api_key) from error
 

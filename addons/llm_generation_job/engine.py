@@ -1,0 +1,321 @@
+"""The worker's stream engine: the replies of all running attempts streamed by one asyncio
+event loop, every write of theirs made by one writer thread.
+
+::
+
+    event loop thread   a task per attempt: the provider's answer on one shared
+                        httpx.AsyncClient (pooled keep-alive connections; HTTP/2 where the
+                        provider offers it over TLS), read by the protocol's decoder (wire/);
+                        an addon's own service (its ``<service>_chat``) runs in a thread of its
+                        own and feeds the task. Cancelling a task stops its stream at once,
+                        even while the provider sends nothing: for a requested cancellation, a
+                        lost lease, a shutdown, or the attempt's deadline.
+    writer thread       (writer.py) the streams' pieces, their ends and the leases, recorded
+                        in one transaction per flush interval.
+
+A stream costs a task and a socket while it waits, not a thread nor a database connection: the
+writer holds one connection at a time, however many streams run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import certifi
+import httpx
+
+from addons.llm_thread import wire
+from addons.llm_thread.wire.errors import ProviderError
+from addons.llm_thread.wire.events import Finish, StreamEvent, TextDelta, Usage
+from core.registry import Registry
+
+from .execution import PreparedAttempt, describe_failure
+from .store import Lease
+from .writer import Writer
+
+_logger = logging.getLogger(__name__)
+
+
+class Stream:
+    """One attempt's reply as it streams: the text so far, what is not saved yet, and how it
+    ended. The loop thread adds to it; the writer takes from it (under ``lock``)."""
+
+    def __init__(self, prepared: PreparedAttempt):
+        self.prepared = prepared
+        self.lease = prepared.lease
+        self.parts: list[str] = []
+        self.pending: list[str] = []
+        self.usage: Usage | None = None
+        self.finish: Finish | None = None
+        self.outcome: tuple | None = None  # set once, when the stream is over
+        self.abort_reason: str | None = None  # "fenced", "shutdown"
+        self.recorded = threading.Event()  # the writer recorded the outcome
+        self.result: str | None = None  # what the writer made of it: completed, failed...
+        self.task: asyncio.Task | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def add(self, text: str) -> bool:
+        """Append ``text``; True for the first piece (the writer saves it at once)."""
+        text = text.replace("\x00", "")  # a text column cannot hold NUL on PostgreSQL
+        with self.lock:
+            first = not self.parts
+            self.parts.append(text)
+            self.pending.append(text)
+        return first
+
+    def take(self) -> str:
+        """The text added since the last take."""
+        with self.lock:
+            taken, self.pending = "".join(self.pending), []
+        return taken
+
+    def put_back(self, text: str) -> None:
+        """A take the writer could not save: it goes first in the next one."""
+        with self.lock:
+            self.pending.insert(0, text)
+
+
+class StreamEngine:
+    """Streams of attempts (``submit``), stopped at will (``abort``) or at the engine's
+    ``stop``."""
+
+    def __init__(self, registry: Registry, slots: int, *, on_beat=None, on_free=None):
+        """``on_beat(env)``: called by the writer at each beat, in its transaction (the
+        runner beats its worker row there); ``on_free()``: a slot became free (the runner
+        claims more)."""
+        self.registry = registry
+        self.slots = slots
+        self.on_free = on_free
+        self.streams: dict[Lease, Stream] = {}
+        self.held: dict[Lease, Any] = {}  # leases held outside streams (provider job hooks)
+        self.lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="llmjobs-streams", daemon=True)
+        self._client: httpx.AsyncClient | None = None
+        self.writer = Writer(registry, self, on_beat=on_beat)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open_client(), self._loop).result(timeout=10)
+        self.writer.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def _open_client(self) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=self.slots)
+        self._client = httpx.AsyncClient(
+            verify=_tls_context(), limits=limits, timeout=None, http2=_http2()
+        )
+
+    def stop(self, timeout: float) -> None:
+        """Let the streams finish for ``timeout`` seconds, stop the others (their jobs are
+        handed back), record every outcome, then stop."""
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for stream in self._streams():
+            self.abort(stream.lease, "shutdown")
+        for stream in self._streams():
+            stream.recorded.wait(timeout=max(deadline - time.monotonic(), 0) + 30)
+        self.writer.stop()
+        if self._client is not None:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> StreamEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(timeout=0)
+
+    # -- streams -----------------------------------------------------------------------------
+    def _streams(self) -> list[Stream]:
+        with self.lock:
+            return list(self.streams.values())
+
+    def running(self) -> int:
+        with self.lock:
+            return len(self.streams) + len(self.held)
+
+    def submit(self, prepared: PreparedAttempt) -> Stream:
+        """Stream ``prepared``'s reply; the returned stream's ``recorded`` is set when its end
+        is in the database."""
+        stream = Stream(prepared)
+        with self.lock:
+            self.streams[stream.lease] = stream
+        self._loop.call_soon_threadsafe(self._begin, stream)
+        return stream
+
+    def _begin(self, stream: Stream) -> None:
+        if stream.abort_reason:  # aborted before it began
+            stream.outcome = (stream.abort_reason,)
+            self.writer.wake()
+            return
+        stream.task = self._loop.create_task(self._run(stream))
+
+    def abort(self, lease: Lease, reason: str) -> None:
+        """Stop the stream of ``lease`` at once ("fenced": cancelled or lease lost;
+        "shutdown")."""
+        with self.lock:
+            stream = self.streams.get(lease)
+            control = self.held.get(lease)
+        if control is not None:
+            control.abort(reason)
+        if stream is None or stream.abort_reason:
+            return
+        stream.abort_reason = reason
+        self._loop.call_soon_threadsafe(self._cancel, stream)
+
+    @staticmethod
+    def _cancel(stream: Stream) -> None:
+        if stream.task is not None:
+            stream.task.cancel()
+
+    def forget(self, stream: Stream) -> None:
+        """The writer recorded the stream's end."""
+        with self.lock:
+            self.streams.pop(stream.lease, None)
+        self._freed()
+
+    def _freed(self) -> None:
+        if self.on_free is not None:
+            self.on_free()
+
+    def hold(self, lease: Lease, control: Any) -> None:
+        """Renew ``lease`` with the streams' while a provider's job hook runs (``control``
+        has ``abort(reason)``), until ``unhold``."""
+        with self.lock:
+            self.held[lease] = control
+
+    def unhold(self, lease: Lease) -> None:
+        with self.lock:
+            released = self.held.pop(lease, None) is not None
+        if released:
+            self._freed()
+
+    # -- one stream --------------------------------------------------------------------------
+    async def _run(self, stream: Stream) -> None:
+        prepared = stream.prepared
+        try:
+            async with asyncio.timeout(prepared.deadline):
+                async for event in self._events(prepared):
+                    if isinstance(event, TextDelta):
+                        if stream.add(event.text):
+                            self.writer.wake()  # the first piece is saved at once
+                    elif isinstance(event, Usage):
+                        stream.usage = event
+                    elif isinstance(event, Finish):
+                        stream.finish = event
+            outcome: tuple = ("complete",)
+        except asyncio.CancelledError:
+            outcome = (stream.abort_reason or "shutdown",)
+        except TimeoutError:
+            limit = f"{prepared.deadline:g}"
+            outcome = ("fail", f"The reply took longer than its queue allows ({limit} s).", True)
+        except Exception as error:
+            if _exhausted(error):  # ours, not the provider's: back-pressure, not a failure
+                _logger.warning("Generation job %s: %s; handed back", stream.lease.job_id, error)
+                outcome = ("release", "The worker ran out of connections or sockets.")
+            else:
+                text, retryable, retry_after = describe_failure(error, stream.lease.job_id)
+                outcome = ("fail", text, retryable, retry_after)
+        stream.outcome = outcome
+        self.writer.wake()
+
+    def _events(self, prepared: PreparedAttempt) -> AsyncIterator[StreamEvent]:
+        if prepared.protocol is not None:
+            return wire.astream_chat(prepared.protocol, self._client, **prepared.stream_args)
+        return self._service_events(prepared)
+
+    async def _service_events(self, prepared: PreparedAttempt) -> AsyncIterator[StreamEvent]:
+        """An addon's own service (a synchronous ``<service>_chat`` generator), run in a
+        thread that hands its events to this task; stopping the task stops it at its next
+        event."""
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        thread = threading.Thread(
+            target=self._serve, args=(prepared, queue, stop, loop), daemon=True
+        )
+        thread.start()
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "event":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            stop.set()
+
+    def _serve(self, prepared, queue: asyncio.Queue, stop: threading.Event, loop) -> None:
+        def put(kind: str, value: Any = None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        try:
+            with self.registry.environment(readonly=True) as env:
+                provider = env["llm.provider"].browse(prepared.provider_id)
+                events = provider.chat(
+                    prepared.messages, model=prepared.model, stream=True, **prepared.options
+                )
+                env.cr.commit()  # no connection held while it streams
+                try:
+                    for event in events:
+                        if stop.is_set():
+                            return
+                        put("event", event)
+                finally:
+                    events.close()
+            put("end")
+        except BaseException as error:  # handed to the task, which decides
+            put("error", error)
+
+
+def _exhausted(error: BaseException) -> bool:
+    """Whether ``error`` means this worker ran out of its own resources (connections of its
+    pool, file descriptors) rather than the provider failing."""
+    if isinstance(error, ProviderError):
+        cause = error.__cause__
+        return isinstance(cause, httpx.PoolTimeout) or _too_many_files(cause)
+    return _too_many_files(error)
+
+
+def _too_many_files(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == 24:  # EMFILE
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+@functools.cache
+def _http2() -> bool:
+    try:
+        import h2  # noqa: F401  (httpx[http2])
+    except ImportError:
+        return False
+    return True

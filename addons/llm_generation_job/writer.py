@@ -1,0 +1,215 @@
+"""The stream engine's writer: one thread, one database connection at a time, recording what
+every stream of the worker did.
+
+Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends, one transaction:
+
+- the text the streams got since the last flush goes to the stream log, a piece per stream;
+  the store locks their job rows first, so each piece is fenced by its lease (a stream whose
+  lease was lost, or whose cancellation was requested, is stopped and its pieces dropped);
+- the streams that ended are recorded: completed (the reply's body written once, from its
+  pieces), failed (a retry scheduled when retryable), cancelled or handed back;
+- every BEAT_SECONDS, and at once when a cancellation is requested, every lease is renewed (a
+  stream whose lease is not renewed is stopped) and ``on_beat(env)`` runs (the worker's row);
+- the jobs that moved are announced in one NOTIFY.
+
+While the database is unavailable, pieces and ends wait in memory, the streams go on, and the
+writer tries again, less often. After a failed commit (whose outcome is unknown) it first
+reads how far each log got, so that no piece is logged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from core import DatabaseUnavailable
+from core.notify import notifier_for
+from core.registry import Registry
+
+from .signals import CANCEL
+from .store import LEASE_SECONDS, JobStore, Piece
+
+if TYPE_CHECKING:
+    from .engine import Stream, StreamEngine
+
+_logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.05
+BEAT_SECONDS = min(2.0, LEASE_SECONDS / 3)
+_RETRY_MAX = 2.0
+SHUTDOWN_REASON = "The worker shut down during the attempt."
+
+
+class Writer:
+    def __init__(self, registry: Registry, engine: StreamEngine, on_beat=None):
+        self.registry = registry
+        self.engine = engine
+        self.on_beat = on_beat
+        self.notifier = notifier_for(registry)
+        self._condition = threading.Condition()
+        self._urgent = False
+        self._stopping = False
+        self._unsure = False  # the last commit failed: what it wrote is unknown
+        self._unsaved: dict[Stream, list[Piece]] = {}
+        self._last_seq: dict[Stream, int] = {}
+        self._thread = threading.Thread(target=self._run, name="llmjobs-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Flush now (a first piece, an end)."""
+        with self._condition:
+            self._urgent = True
+            self._condition.notify()
+
+    def stop(self) -> None:
+        """Flush what is left, then stop."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify()
+        self._thread.join(timeout=60)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay, next_beat = FLUSH_INTERVAL, 0.0
+        cancels = self.notifier.generation(CANCEL)
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._urgent or self._stopping, delay)
+                self._urgent, stopping = False, self._stopping
+            now, requested = time.monotonic(), self.notifier.generation(CANCEL)
+            beat = now >= next_beat or requested != cancels
+            try:
+                self.flush(beat)
+            except DatabaseUnavailable:  # core.database logs the outage, once
+                delay = min(max(delay * 2, 0.25), _RETRY_MAX)
+            except Exception:
+                _logger.exception("The stream writer failed; trying again shortly")
+                delay = 1.0
+            else:
+                delay = FLUSH_INTERVAL
+                if beat:
+                    next_beat, cancels = now + BEAT_SECONDS, requested
+            if stopping and not self._pending():
+                return
+
+    def _pending(self) -> bool:
+        return any(not stream.recorded.is_set() for stream in self.engine._streams())
+
+    # -- one flush ---------------------------------------------------------------------------
+    def flush(self, beat: bool) -> None:
+        streams = self.engine._streams()
+        ending = [s for s in streams if s.outcome is not None and not s.recorded.is_set()]
+        for stream in streams:
+            self._take(stream)
+        flowing = [s for s in streams if s.outcome is None]
+        pieces = [p for s in flowing for p in self._unsaved.get(s, ())]
+        if not (pieces or ending or beat):
+            return
+        try:
+            with self.registry.environment() as env:
+                store = JobStore(env)
+                if self._unsure:
+                    self._drop_logged(store, streams)
+                    pieces = [p for s in flowing for p in self._unsaved.get(s, ())]
+                lost = store.append(pieces)
+                results = {stream: self._record(env, store, stream) for stream in ending}
+                if beat:
+                    lost += self._beat(env, store, flowing)
+        except DatabaseUnavailable:
+            self._unsure = True  # it may have committed before the connection broke
+            raise
+        self._unsure = False
+        for stream in flowing:
+            self._unsaved.pop(stream, None)
+        for stream, result in results.items():
+            self._done(stream, result)
+        for lease in dict.fromkeys(lost):
+            self.engine.abort(lease, "fenced")
+
+    def _take(self, stream: Stream) -> None:
+        """The stream's new text becomes its next piece (unsaved until a flush commits)."""
+        text = stream.take()
+        if not text:
+            return
+        seq = self._last_seq.get(stream, stream.prepared.seq) + 1
+        self._last_seq[stream] = seq
+        piece = Piece(stream.lease, seq, stream.prepared.attempt, text)
+        self._unsaved.setdefault(stream, []).append(piece)
+
+    def _drop_logged(self, store: JobStore, streams: list[Stream]) -> None:
+        logged = store.logged_through([s.lease.job_id for s in streams])
+        for stream, pieces in self._unsaved.items():
+            last = logged.get(stream.lease.job_id, 0)
+            self._unsaved[stream] = [p for p in pieces if p.seq > last]
+
+    def _record(self, env, store: JobStore, stream: Stream) -> str:
+        """Record the stream's end, in a savepoint: an end that cannot be recorded (a bug) is
+        logged and left to the lease's expiry, not retried for ever."""
+        tail = self._unsaved.get(stream, [])
+        try:
+            with env.cr.savepoint():
+                return _record_end(store, stream, tail)
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            _logger.exception(
+                "The end of generation job %s cannot be recorded; its lease will expire and the "
+                "job run again",
+                stream.lease.job_id,
+            )
+            return "broken"
+
+    def _beat(self, env, store: JobStore, flowing: list[Stream]) -> list:
+        with self.engine.lock:
+            held = list(self.engine.held)
+        leases = [s.lease for s in flowing] + held
+        renewed = set(store.renew(leases))
+        if self.on_beat is not None:
+            self.on_beat(env)
+        return [lease for lease in leases if lease not in renewed]
+
+    def _done(self, stream: Stream, result: str) -> None:
+        self._unsaved.pop(stream, None)
+        self._last_seq.pop(stream, None)
+        stream.result = result
+        self.engine.forget(stream)
+        stream.recorded.set()
+
+
+def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
+    kind, *details = stream.outcome
+    lease, text = stream.lease, stream.text
+    if kind == "complete":
+        return "completed" if store.complete(lease, _final_values(stream), tail) else "lost"
+    if kind == "fail":
+        message, retryable, *rest = details
+        retry_after = rest[0] if rest else None
+        failed = store.fail(
+            lease, message, retryable=retryable, retry_after=retry_after, text=text, tail=tail
+        )
+        return "failed" if failed else "lost"
+    if store.finish_cancelled(lease, text, tail):
+        return "cancelled"
+    if kind == "fenced":
+        return "lost"
+    reason = details[0] if kind == "release" else SHUTDOWN_REASON
+    return "interrupted" if store.release(lease, reason) else "lost"
+
+
+def _final_values(stream: Stream) -> dict[str, Any]:
+    values: dict[str, Any] = {"body": stream.text, "state": "done"}
+    if stream.usage is not None:
+        values.update(
+            prompt_tokens=stream.usage.prompt_tokens or 0,
+            completion_tokens=stream.usage.completion_tokens or 0,
+        )
+    if stream.finish is not None:
+        values.update(
+            finish_reason=stream.finish.reason or False,
+            provider_metadata=stream.finish.metadata or False,
+        )
+    return values
