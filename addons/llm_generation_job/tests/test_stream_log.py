@@ -1,0 +1,130 @@
+"""The stream log: a follower resumes from a sequence number, a new attempt after a killed
+one shows as a restart, the final body equals the log, and one worker carries 200 paced
+streams with none failed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from addons.llm_generation_job.follow import follow_job, wait_finished
+from addons.llm_thread.simulator import reply_text
+
+from .conftest import make_provider, streaming
+
+SLOW = "[sim:tokens=40 token_delay=0.02] tell me"
+
+
+def log_of(env, job_id):
+    chunks = env["llm.generation.job.chunk"].search([("job_id", "=", job_id)], order="seq")
+    return chunks.read(["seq", "kind", "attempt", "content"])
+
+
+def text_after_last_restart(log):
+    restarts = [i for i, row in enumerate(log) if row["kind"] == "restart"]
+    start = restarts[-1] + 1 if restarts else 0
+    return "".join(row["content"] or "" for row in log[start:])
+
+
+def test_a_follower_resumes_from_a_sequence_number(registry, runner, sim_thread):
+    with registry.environment() as env:
+        thread = env["llm.thread"].browse(sim_thread)
+        updates = list(thread.generate_response(SLOW, use_queue=True))
+        job_id = thread.generation_job_ids.id
+    chunks = [u for u in updates if u["type"] == "message_chunk"]
+    seqs = [u["seq"] for u in chunks]
+    assert len(chunks) > 2 and seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    middle = seqs[len(seqs) // 2]
+    with registry.environment() as env:  # a client back after a disconnection, at `middle`
+        resumed = list(follow_job(env, job_id, after_seq=middle))
+        log = log_of(env, job_id)
+        body = env["llm.generation.job"].browse(job_id).output_message_id.body
+    again = [u for u in resumed if u["type"] == "message_chunk"]
+    assert [u["seq"] for u in again] == [s for s in seqs if s > middle]
+    before = "".join(u["content"] for u in chunks if u["seq"] <= middle)
+    assert before + "".join(u["content"] for u in again) == body == reply_text(SLOW, 40)
+    assert resumed[-1]["type"] == "done"
+    assert text_after_last_restart(log) == body  # the final body equals the log
+    assert [row["seq"] for row in log] == list(range(1, len(log) + 1))
+
+
+def test_a_new_attempt_after_a_killed_one_shows_as_a_restart(
+    registry, start_workers, openai_server
+):
+    with registry.environment() as env:
+        provider, model = make_provider(env, api_base=openai_server.url)
+        env["llm.generation.queue"]._get_or_create_queue(provider.id)
+        thread = env["llm.thread"].create(
+            {"name": "t", "provider_id": provider.id, "model_id": model.id}
+        )
+        job = env["llm.generation.job"].create(
+            {
+                "thread_id": thread.id,
+                "generation_inputs": {"prompt": "[sim:tokens=60 token_delay=0.05] x"},
+            }
+        )
+        job.action_queue()
+        job_id = job.id
+    [victim] = start_workers(1, lease=3)
+    deadline = time.monotonic() + 30
+    while True:  # the victim streams: its pieces are in the log
+        with registry.environment(readonly=True) as env:
+            if streaming(env, [job_id]):
+                break
+        assert time.monotonic() < deadline, "the worker never streamed"
+        time.sleep(0.05)
+    victim.kill()
+    start_workers(1, lease=3)
+    wait_finished(registry, [job_id], timeout=60)
+    with registry.environment() as env:
+        updates = list(follow_job(env, job_id))  # a follower from the beginning
+        log = log_of(env, job_id)
+        job = env["llm.generation.job"].browse(job_id)
+        body = job.output_message_id.body
+        assert (job.state, job.retry_count) == ("completed", 1)
+        assert job.attempt_ids.mapped("outcome") == ["lost", "completed"]
+    kinds = [row["kind"] for row in log]
+    assert kinds.count("restart") == 1 and kinds[0] == "text"  # attempt 1 logged, then over
+    [restart] = [row for row in log if row["kind"] == "restart"]
+    assert restart["attempt"] == 2
+    assert {row["attempt"] for row in log if row["seq"] > restart["seq"]} == {2}
+    assert (
+        text_after_last_restart(log) == body == reply_text("[sim:tokens=60 token_delay=0.05] x", 60)
+    )
+    restarts = [u for u in updates if u["type"] == "restart"]
+    assert len(restarts) == 1 and restarts[0]["attempt"] == 2
+    after = updates[updates.index(restarts[0]) + 1 :]
+    assert "".join(u["content"] for u in after if u["type"] == "message_chunk") == body
+
+
+@pytest.mark.slow
+def test_one_worker_carries_200_paced_streams(registry, start_workers, openai_server):
+    prompt = "[sim:tokens=30 token_delay=0.02 first_token_delay=0.3] go"
+    with registry.environment() as env:
+        provider, model = make_provider(env, api_base=openai_server.url)
+        env["llm.generation.queue"]._get_or_create_queue(provider.id).write(
+            {"max_concurrent_jobs": 200}
+        )
+        threads = env["llm.thread"].create(
+            [
+                {"name": f"t{n}", "provider_id": provider.id, "model_id": model.id}
+                for n in range(200)
+            ]
+        )
+        jobs = env["llm.generation.job"].create(
+            [{"thread_id": t.id, "generation_inputs": {"prompt": prompt}} for t in threads]
+        )
+        openai_server.reset_stats()
+        for job in jobs:
+            job.action_queue()
+        job_ids = jobs.ids
+    start_workers(1, concurrency=200)
+    wait_finished(registry, job_ids, timeout=120)
+    with registry.environment(readonly=True) as env:
+        jobs = env["llm.generation.job"].browse(job_ids)
+        assert set(jobs.mapped("state")) == {"completed"}
+        assert set(jobs.mapped("retry_count")) == {0}
+        assert set(jobs.mapped("attempt_ids.outcome")) == {"completed"}
+        assert set(jobs.mapped("output_message_id.body")) == {reply_text(prompt, 30)}
+    assert openai_server.stats()["max_in_flight"] > 100  # they really ran side by side
