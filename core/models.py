@@ -1043,22 +1043,29 @@ class BaseModel:
 
     # -- computed fields and constraints --------------------------------------------------
     def _recompute(self, fields: Iterable[Field]) -> None:
-        """Recompute stored computed fields on these records and write the results."""
+        """Recompute stored computed fields on these records and write the results: each
+        compute method runs once, and records whose new values are all the same are written
+        by one UPDATE (a job's state, durations and name in one statement, not one each)."""
+        fields = list(dict.fromkeys(fields))
+        records = self  # just created or written, or found by the triggers: they exist
+        if not records or not fields:
+            return
+        computed: set[Any] = set()
         for field in fields:
-            records = self.exists()
-            if not records:
-                return
-            records._compute_field(field)
-            cache = self.env.cache
-            by_value: dict[Any, list[int]] = defaultdict(list)
-            for id_ in records._ids:
-                value = cache.get(field, id_)
-                key = value if not isinstance(value, dict | list) else repr(value)
-                by_value[key].append(id_)
-            for ids in by_value.values():
-                value = cache.get(field, ids[0])
-                records._browse(tuple(ids))._write_columns({field: value})
-            self.pool.triggers.after_change(records, {field.name})
+            method = field.related or field.compute
+            if field.related or method not in computed:
+                records._compute_field(field)
+                computed.add(method)
+        cache = self.env.cache
+        by_values: dict[tuple, list[int]] = defaultdict(list)
+        for id_ in records._ids:
+            values = (cache.get(field, id_) for field in fields)
+            key = tuple(v if not isinstance(v, dict | list) else repr(v) for v in values)
+            by_values[key].append(id_)
+        for ids in by_values.values():
+            group = records._browse(tuple(ids))
+            group._write_columns({field: cache.get(field, ids[0]) for field in fields})
+        self.pool.triggers.after_change(records, {field.name for field in fields})
 
     def _validate_constraints(self, names: set[str]) -> None:
         for method_name, fields in self._constraint_methods:

@@ -7,8 +7,13 @@ when (and only if) the transaction commits:
 - on PostgreSQL through ``pg_notify`` (NOTIFY is transactional), received by one LISTEN
   connection per process whose thread wakes the local waiters — any machine sharing the
   database hears it;
-- in every process, through a post-commit hook that wakes local waiters directly (the only
-  path on SQLite, where other processes fall back to polling).
+- in every process, through a post-commit hook that wakes local waiters directly.
+
+SQLite has no NOTIFY: another process's signals cannot be heard. For the channels named in
+``watch_commits``, a thread reads SQLite's ``PRAGMA data_version`` every WATCH_INTERVAL and
+wakes their waiters whenever any connection committed to the database: they re-check, so a
+wake-up that was not for them costs only their look, and a worker in another process hears a
+queued job within milliseconds rather than at its next poll.
 
 A wait that times out is not an error: callers re-check the database, so a lost wake-up only
 costs the poll interval.
@@ -16,6 +21,8 @@ costs the poll interval.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -33,6 +40,11 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 _CHANNEL_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PAYLOADS_PER_NOTIFY = 500  # NOTIFY payloads stay under PostgreSQL's 8000 bytes
+WATCH_INTERVAL = 0.01  # seconds between two looks at SQLite's data_version
+MAX_TRACKED = 10_000  # payloads remembered; beyond, they are forgotten (see _signal_each)
+
+
+Generation = tuple[int, int]  # (the payload's last signal, commits seen on SQLite)
 
 
 class Notifier:
@@ -41,9 +53,14 @@ class Notifier:
     def __init__(self, registry: Registry):
         self.registry = registry
         self._condition = threading.Condition()
-        # (channel, payload) -> number of signals so far; waiters compare generations.
-        self._generations: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # (channel, payload) -> the number of the last signal; waiters compare generations.
+        self._generations: dict[tuple[str, str], int] = {}
+        self._signals = itertools.count(1)
+        # channel -> commits seen by the SQLite watcher, part of every generation of it.
+        self._commits: defaultdict[str, int] = defaultdict(int)
+        self._watched: set[str] = set()
         self._listener: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._channels: set[str] = set()
         self._stop = threading.Event()
 
@@ -66,10 +83,15 @@ class Notifier:
             cr.postcommit(lambda batch=batch: self._signal_each(channel, batch))
 
     def _signal_each(self, channel: str, payloads: list[str]) -> None:
+        """Number the signal of each payload. A long-lived process signals every job it ever
+        ran: past MAX_TRACKED the payloads are forgotten, which wakes their waiters once
+        (they re-check); numbers only grow, so no later signal can look like an old one."""
         with self._condition:
+            if len(self._generations) > MAX_TRACKED:
+                self._generations = {k: v for k, v in self._generations.items() if not k[1]}
             for payload in payloads:
-                self._generations[(channel, payload)] += 1
-            self._generations[(channel, "")] += 1
+                self._generations[(channel, payload)] = next(self._signals)
+            self._generations[(channel, "")] = next(self._signals)
             self._condition.notify_all()
 
     def signal(self, channel: str, payload: str = "") -> None:
@@ -77,18 +99,23 @@ class Notifier:
         self._signal_each(channel, [payload])
 
     # -- receiving ---------------------------------------------------------------------------
-    def generation(self, channel: str, payload: str | int = "") -> int:
+    def generation(self, channel: str, payload: str | int = "") -> Generation:
         """A marker to pass to ``wait``: take it *before* checking the database, so a signal
         sent between the check and the wait is not missed."""
         with self._condition:
-            return self._generations[(channel, str(payload))]
+            return self._generation(channel, str(payload))
 
-    def wait(self, channel: str, payload: str | int, since: int, timeout: float) -> bool:
+    def _generation(self, channel: str, payload: str) -> Generation:
+        return self._generations.get((channel, payload), 0), self._commits[channel]
+
+    def wait(self, channel: str, payload: str | int, since: Generation, timeout: float) -> bool:
         """Wait until ``(channel, payload)`` is signalled after ``since`` (``payload=""``:
         any payload). Returns whether it was."""
-        key = (channel, str(payload))
+        payload = str(payload)
         with self._condition:
-            return self._condition.wait_for(lambda: self._generations[key] != since, timeout)
+            return self._condition.wait_for(
+                lambda: self._generation(channel, payload) != since, timeout
+            )
 
     def listen(self, *channels: str) -> None:
         """Hear other processes' notifications on ``channels`` from now on (PostgreSQL; on
@@ -103,11 +130,51 @@ class Notifier:
         self._listener = threading.Thread(target=self._listen, name="llmjobs-listen", daemon=True)
         self._listener.start()
 
+    def watch_commits(self, *channels: str) -> None:
+        """On SQLite, wake the waiters of ``channels`` whenever any process commits to the
+        database (see the module docstring); nothing on PostgreSQL, where NOTIFY reaches
+        them. For channels whose waiters re-check cheaply: not for one whose every wake-up
+        leads to a write, or its waiter's own commits would wake it again. Idempotent."""
+        database = self.registry.engine.url.database
+        if self.registry.dialect != "sqlite" or not database or database == ":memory:":
+            return
+        with self._condition:
+            self._watched.update(channels)
+            if self._watcher is not None:
+                return
+            self._watcher = threading.Thread(
+                target=self._watch, args=(database,), name="llmjobs-watch", daemon=True
+            )
+        self._watcher.start()
+
     def close(self) -> None:
         self._stop.set()
-        if self._listener is not None:
-            self._listener.join(timeout=5)
-            self._listener = None
+        for thread in (self._listener, self._watcher):
+            if thread is not None:
+                thread.join(timeout=5)
+        self._listener = self._watcher = None
+
+    def _watch(self, database: str) -> None:
+        import sqlite3
+
+        seen = None
+        while not self._stop.wait(WATCH_INTERVAL):
+            try:
+                with contextlib.closing(sqlite3.connect(database, timeout=1)) as connection:
+                    while not self._stop.wait(WATCH_INTERVAL):
+                        version = connection.execute("PRAGMA data_version").fetchone()[0]
+                        if version != seen:
+                            seen = version
+                            self._commit_seen()
+            except sqlite3.Error as exc:
+                _logger.debug("SQLite commit watcher: %s; reopening", exc)
+                self._stop.wait(1)
+
+    def _commit_seen(self) -> None:
+        with self._condition:
+            for channel in self._watched:
+                self._commits[channel] += 1
+            self._condition.notify_all()
 
     def _listen(self) -> None:
         import psycopg

@@ -124,9 +124,14 @@ class Triggers:
                     "Computed fields depend on each other in a cycle: "
                     + ", ".join(str(f) for f in affected)
                 )
+            batches: defaultdict[tuple[str, frozenset[int]], list[Field]] = defaultdict(list)
             for dependent, ids in affected.items():
-                target = records.env(su=True)[dependent.model_name]
-                target.browse(sorted(ids))._recompute([dependent])
+                batches[(dependent.model_name, frozenset(ids))].append(dependent)
+            for (model_name, ids), dependents in batches.items():
+                targets = records.env(su=True)[model_name].browse(sorted(ids))
+                if before:  # found before a deletion: some may have gone with it
+                    targets = targets.exists()
+                targets._recompute(dependents)
         finally:
             cr.trigger_depth -= 1
 
