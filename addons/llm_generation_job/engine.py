@@ -3,8 +3,8 @@ event loop, every write of theirs made by one writer thread.
 
 ::
 
-    event loop thread   a task per attempt: the provider's answer on one shared
-                        httpx.AsyncClient (pooled keep-alive connections; HTTP/2 where the
+    event loop thread   a task per attempt: the provider's answer on shared
+                        httpx.AsyncClients (pooled keep-alive connections; HTTP/2 where the
                         provider offers it over TLS), read by the protocol's decoder (wire/);
                         an addon's own service (its ``<service>_chat``) runs in a thread of its
                         own and feeds the task. Cancelling a task stops its stream at once,
@@ -41,6 +41,11 @@ from .store import Lease
 from .writer import Writer
 
 _logger = logging.getLogger(__name__)
+
+STREAMS_PER_CLIENT = 32
+"""httpcore's pool walks all its connections, polling the idle ones' sockets, each time a
+response closes: one client for hundreds of streams costs O(n²) CPU. Each client serves a
+few dozen slots; keep-alive connections are reused within each."""
 
 
 class Stream:
@@ -102,24 +107,25 @@ class StreamEngine:
         self.lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="llmjobs-streams", daemon=True)
-        self._client: httpx.AsyncClient | None = None
+        self._clients: list[httpx.AsyncClient] = []
         self.writer = Writer(registry, self, on_beat=on_beat)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._open_client(), self._loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(self._open_clients(), self._loop).result(timeout=10)
         self.writer.start()
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 
-    async def _open_client(self) -> None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=self.slots)
-        self._client = httpx.AsyncClient(
-            verify=_tls_context(), limits=limits, timeout=None, http2=_http2()
-        )
+    async def _open_clients(self) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=STREAMS_PER_CLIENT)
+        self._clients = [
+            httpx.AsyncClient(verify=_tls_context(), limits=limits, timeout=None, http2=_http2())
+            for _ in range(max(1, -(-self.slots // STREAMS_PER_CLIENT)))
+        ]
 
     def stop(self, timeout: float) -> None:
         """Let the streams finish for ``timeout`` seconds, stop the others (their jobs are
@@ -132,8 +138,8 @@ class StreamEngine:
         for stream in self._streams():
             stream.recorded.wait(timeout=max(deadline - time.monotonic(), 0) + 30)
         self.writer.stop()
-        if self._client is not None:
-            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(10)
+        for client in self._clients:
+            asyncio.run_coroutine_threadsafe(client.aclose(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -241,7 +247,8 @@ class StreamEngine:
 
     def _events(self, prepared: PreparedAttempt) -> AsyncIterator[StreamEvent]:
         if prepared.protocol is not None:
-            return wire.astream_chat(prepared.protocol, self._client, **prepared.stream_args)
+            client = self._clients[prepared.lease.job_id % len(self._clients)]
+            return wire.astream_chat(prepared.protocol, client, **prepared.stream_args)
         return self._service_events(prepared)
 
     async def _service_events(self, prepared: PreparedAttempt) -> AsyncIterator[StreamEvent]:

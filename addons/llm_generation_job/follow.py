@@ -21,8 +21,9 @@ database is back.
 
 Each look at the job is its own short read-only transaction, so the generator always sees
 what the worker committed and never holds a lock while it waits. It waits for the worker's
-progress signal (NOTIFY on PostgreSQL, an in-process signal on SQLite), re-checking every
-``poll_interval`` in case a signal cannot reach it (another process on SQLite).
+progress signal (NOTIFY on PostgreSQL; on SQLite an in-process signal, or any commit to the
+database when the worker is another process), re-checking every ``poll_interval`` in case a
+signal is lost.
 
 A consumer that stops iterating only stops watching: the job goes on and its reply lands in
 the thread.
@@ -100,6 +101,7 @@ def follow_job(env, job_id: int, after_seq: int = 0) -> Iterator[dict[str, Any]]
     registry = env.registry
     notifier = notifier_for(registry)
     notifier.listen(*CHANNELS)
+    notifier.watch_commits(PROGRESS)  # SQLite: a worker in another process
     poll = POLL_INTERVAL.get(registry.dialect, 1.0)
     last_status: tuple | None = None
     announced = False

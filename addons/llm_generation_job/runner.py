@@ -100,6 +100,7 @@ class JobRunner:
             )
         _allow_open_files(2 * self.concurrency + 64)
         self.notifier.listen(*CHANNELS)
+        self.notifier.watch_commits(QUEUED)  # SQLite: a job queued by another process
         self.engine.start()
         _ACTIVE[id(self.registry)] = self
         self._dispatcher = threading.Thread(
@@ -206,11 +207,21 @@ class JobRunner:
 
     def _claim(self) -> None:
         while self.free_slots():
-            with self.registry.environment() as env:
+            # A read-only look first: most wake-ups find nothing to claim, and need not take
+            # a write lock (SQLite) nor a queue's row lock (PostgreSQL) to learn it.
+            with self.registry.environment(readonly=True) as env:
                 domain = [("enabled", "=", True)]
                 if self._provider_ids:
                     domain.append(("provider_id", "in", self._provider_ids))
                 providers = env["llm.generation.queue"].search(domain).mapped("provider_id")
+                waiting = env["llm.generation.job"].read_group(
+                    [("provider_id", "in", providers.ids), ("state", "=", "queued")],
+                    ["provider_id"],
+                    ["__count"],
+                )
+                providers = providers.browse(
+                    [i for i in providers.ids if i in {g["provider_id"] for g in waiting}]
+                )
                 streaming = {p.id for p in providers if p._streams_in_worker()}
             started = 0
             for provider_id in providers.ids:

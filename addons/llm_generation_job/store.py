@@ -22,6 +22,11 @@ What it guarantees, whoever calls and however many at once:
   back: the attempt is recorded as lost and the job requeued as a new attempt (counted as a
   retry), or failed when it has none left. A hand-back (the worker stops, or cannot go on) is
   requeued at once and not counted.
+- **The stream log.** A reply is logged as it streams (``append``: a row per flushed piece,
+  numbered per job, fenced like every other write: the job rows are locked first); the
+  message body is written once, at the end, from the same pieces, so it equals the log. A new
+  attempt after one that logged anything begins with a ``restart`` row. ``forget_logs`` drops
+  the logs of jobs finished long ago (their message holds the text).
 - **Provider-side jobs.** A status check locks the job's row while it asks the provider and
   applies the answer, so two checkers at once (a user's loop and the status cron) never both
   apply it: the second waits, then finds the job finished.
@@ -70,6 +75,7 @@ STORE_FIELDS = frozenset(
         "provider_data",
         "output_message_id",
         "attempt_ids",
+        "chunk_ids",
         "lease_token",
         "lease_expires_at",
         "cancel_requested",
@@ -336,6 +342,24 @@ class JobStore:
         self.notifier.send_many(
             self.env.cr, PROGRESS, list(dict.fromkeys(p.lease.job_id for p in pieces))
         )
+
+    def forget_logs(self, finished_before: dt.datetime, limit: int) -> int:
+        """Delete the stream logs of up to ``limit`` jobs that finished before
+        ``finished_before`` (not a failed one with a retry to come); returns how many jobs'
+        logs went. A finished job's reply is its message's body."""
+        finished = self.jobs.search(
+            [
+                ("completed_at", "<", finished_before),
+                ("state", "in", list(FINISHED_STATES)),
+                ("next_retry_at", "=", False),
+                ("chunk_ids", "!=", False),
+            ],
+            limit=limit,
+            order="id",
+        )
+        if finished:
+            self.env[CHUNK].search([("job_id", "in", finished.ids)]).unlink()
+        return len(finished)
 
     def logged_through(self, job_ids: Sequence[int]) -> dict[int, int]:
         """The highest ``seq`` logged per job (after a commit whose outcome is unknown, the

@@ -90,6 +90,7 @@ class GenerationJob(models.Model):
     can_retry = fields.Boolean(compute="_compute_flags")
     can_cancel = fields.Boolean(compute="_compute_flags")
     attempt_ids = fields.One2many("llm.generation.job.attempt", "job_id", string="Attempts")
+    chunk_ids = fields.One2many("llm.generation.job.chunk", "job_id", string="Stream log")
     # The running attempt's lease (see store.py).
     lease_token = fields.Char(copy=False)
     lease_expires_at = fields.Datetime(index=True, copy=False)
@@ -311,6 +312,7 @@ class GenerationJob(models.Model):
         self.ensure_one().check_access("read")
         notifier = notifier_for(self.pool)
         notifier.listen(*CHANNELS)
+        notifier.watch_commits(PROGRESS)
         since = notifier.generation(PROGRESS, self.id)
         follow = self.state in ACTIVE_STATES and not self.external_job_id
         self.env.cr.commit()  # nothing may be read until the wait ends: a read would start a
@@ -330,9 +332,13 @@ class GenerationJob(models.Model):
         return status if status is not None else False
 
     @api.model
-    def cleanup_old_jobs(self, days=7, batch_size=1000):
-        """Delete finished jobs created more than ``days`` days ago, in batches (each batch
-        committed). Returns how many were deleted."""
+    def cleanup_old_jobs(self, days=7, batch_size=1000, log_hours=24):
+        """Delete finished jobs created more than ``days`` days ago, and the stream logs of
+        jobs finished more than ``log_hours`` hours ago (their replies stay, in their
+        messages), in batches (each batch committed). Returns how many jobs were deleted."""
+        store, log_cutoff = JobStore(self.env), _now() - dt.timedelta(hours=log_hours)
+        while store.forget_logs(log_cutoff, batch_size):
+            self.env.cr.commit()
         cutoff = _now() - dt.timedelta(days=days)
         domain = [
             ("create_date", "<", cutoff),  # not a failed job with a retry to come

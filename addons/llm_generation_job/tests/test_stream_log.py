@@ -4,9 +4,11 @@ streams with none failed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from addons.llm_generation_job.follow import follow_job, wait_finished
 from addons.llm_thread.simulator import reply_text
@@ -128,3 +130,27 @@ def test_one_worker_carries_200_paced_streams(registry, start_workers, openai_se
         assert set(jobs.mapped("attempt_ids.outcome")) == {"completed"}
         assert set(jobs.mapped("output_message_id.body")) == {reply_text(prompt, 30)}
     assert openai_server.stats()["max_in_flight"] > 100  # they really ran side by side
+
+
+def test_cleanup_drops_the_logs_of_long_finished_jobs_and_keeps_their_replies(
+    registry, runner, sim_thread
+):
+    with registry.environment() as env:
+        thread = env["llm.thread"].browse(sim_thread)
+        first = list(thread.generate_response(SLOW, use_queue=True))
+        second = list(thread.generate_response(SLOW, use_queue=True))
+        assert first[-1]["type"] == second[-1]["type"] == "done"
+        old, recent = thread.generation_job_ids.sorted("id")
+        assert log_of(env, old.id) and log_of(env, recent.id)
+        two_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+        env.cr.execute(  # finished two days ago (completed_at is the store's to write)
+            sa.text("UPDATE llm_generation_job SET completed_at = :at WHERE id = :id"),
+            {"at": two_days_ago, "id": old.id},
+        )
+    with registry.environment() as env:
+        assert env["llm.generation.job"].cleanup_old_jobs(days=7, log_hours=24) == 0
+    with registry.environment() as env:
+        jobs = env["llm.generation.job"]
+        assert not log_of(env, old.id)  # its log went,
+        assert jobs.browse(old.id).output_message_id.body == reply_text(SLOW, 40)  # not its reply
+        assert text_after_last_restart(log_of(env, recent.id)) == reply_text(SLOW, 40)

@@ -202,3 +202,33 @@ def test_a_stopped_worker_hands_its_jobs_back_at_once(registry, start_workers, o
     wait_finished(registry, job_ids, timeout=60)
     assert time.monotonic() - handed_back < 25
     assert_one_reply_per_job(registry, job_ids)
+
+
+def test_a_worker_in_another_process_starts_a_queued_job_at_once(
+    registry, start_workers, openai_server
+):
+    """Its dispatcher polls every 2 s; a queued job must not wait for the poll: NOTIFY on
+    PostgreSQL, SQLite's commit watcher on SQLite."""
+    [thread_id] = setup_threads(registry, openai_server.url, 1)
+    start_workers(1)
+    with registry.environment() as env:
+        provider_id = env["llm.thread"].browse(thread_id).provider_id.id
+    deadline = time.monotonic() + 30
+    while True:
+        with registry.environment(readonly=True) as env:
+            if env["llm.generation.worker"].live_count(provider_id):
+                break
+        assert time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.1)
+    time.sleep(2.5)  # past the poll that followed its start
+    waits = []
+    for number in range(8):
+        [job_id] = queue_jobs(registry, [thread_id], prompt=f"now {number}")
+        wait_finished(registry, [job_id], timeout=30, poll=0.02)
+        with registry.environment(readonly=True) as env:
+            job = env["llm.generation.job"].browse(job_id)
+            assert job.state == "completed"
+            waits.append((job.started_at - job.queued_at).total_seconds())
+        time.sleep(0.3)  # not in step with the worker's poll
+    waits.sort()
+    assert waits[5] < 0.5, f"seconds from queued to started: {waits}"
