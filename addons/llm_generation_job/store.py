@@ -301,7 +301,9 @@ class JobStore:
             reply = job.thread_id.message_post(body="", llm_role="assistant", state="streaming")
             job.write_where(self._held(lease), {"output_message_id": reply.id})
         attempt = self.env[ATTEMPT].browse(lease.attempt_id).number
-        last = self.env[CHUNK].search([("job_id", "=", job.id)], order="seq desc", limit=1)
+        last = self.env[CHUNK]  # only an earlier attempt can have logged anything
+        if attempt > 1:
+            last = last.search([("job_id", "=", job.id)], order="seq desc", limit=1)
         seq = last.seq
         if last:
             seq += 1
