@@ -1,10 +1,14 @@
 """The database failing under streaming workers (real processes): connections dropped again
-and again on PostgreSQL, the SQLite file locked past the busy timeout. Every job completes,
-once, with its retries unused, and soon after the outage: no queue stalls for a lease."""
+and again on PostgreSQL, the PostgreSQL server restarted, the SQLite file locked past the busy
+timeout. Every job completes, once, with its retries unused, and soon after the outage: no
+queue stalls for a lease; each worker's log says so in two lines."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 
@@ -13,6 +17,7 @@ import sqlalchemy as sa
 
 from addons.llm_generation_job.follow import wait_finished
 from addons.llm_thread.simulator import reply_text
+from core.testing import postgres_required
 
 from .conftest import make_provider, streaming
 
@@ -105,6 +110,55 @@ def test_dropped_connections_mid_stream_fail_no_job(registry, db_url, start_work
     outage_over = time.monotonic()
     wait_finished(registry, job_ids, timeout=60)
     assert time.monotonic() - outage_over < 20  # the lease is 30 s: nobody waited for it
+    assert_each_job_completed_once(registry, job_ids)
+    assert_the_logs_say_it_once(workers)
+
+
+def local_cluster(db_url: str) -> list[str]:
+    """The ``pg_ctlcluster`` arguments of the local server behind ``db_url``; the test is
+    skipped (failed where PostgreSQL tests are required, as in CI) when it cannot restart it."""
+    port = sa.engine.make_url(db_url).port or 5432
+    host = sa.engine.make_url(db_url).host or "localhost"
+    lister = shutil.which("pg_lsclusters")
+    reason = None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        reason = f"the PostgreSQL server at {host} is not on this machine"
+    elif lister is None or os.geteuid() != 0:
+        reason = "restarting PostgreSQL needs pg_ctlcluster and root"
+    else:
+        for line in subprocess.run(
+            [lister, "--no-header"], capture_output=True, text=True
+        ).stdout.splitlines():
+            version, name, cluster_port, status, *_ = line.split()
+            if int(cluster_port) == port and status == "online":
+                return [version, name]
+        reason = f"no online local cluster listens on port {port}"
+    if postgres_required():
+        pytest.fail(f"Cannot restart PostgreSQL: {reason}.")
+    pytest.skip(f"Cannot restart PostgreSQL: {reason}.")
+
+
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_postgresql_restart_under_streaming_workers_fails_no_job(
+    registry, db_url, start_workers, openai_server
+):
+    """The server stopped (fast: every connection cut, transactions aborted) for 2.5 s while
+    two workers stream, then started again."""
+    cluster = local_cluster(db_url)
+    workers = start_workers(2, concurrency=JOBS // 2)
+    job_ids = queue_streaming_jobs(registry, openai_server.url)
+    wait_until_streaming(registry, job_ids)
+    subprocess.run(["pg_ctlcluster", "--mode", "fast", *cluster, "stop"], check=True)
+    try:
+        time.sleep(2.5)
+    finally:
+        subprocess.run(["pg_ctlcluster", *cluster, "start"], check=True)
+    back = time.monotonic()
+    registry.engine.dispose()  # this process's pooled connections died with the server
+    wait_finished(registry, job_ids, timeout=60)
+    assert time.monotonic() - back < 20  # the lease is 30 s: nobody waited for it
     assert_each_job_completed_once(registry, job_ids)
     assert_the_logs_say_it_once(workers)
 
