@@ -25,9 +25,11 @@ def registry(make_registry):
     return make_registry(addons=["llm_generation_job"])
 
 
-def make_provider(env, api_base="http://127.0.0.1:9/v1", name="sim", service="openai"):
+def make_provider(
+    env, api_base="http://127.0.0.1:9/v1", name="sim", service="openai", api_key="sk-test"
+):
     provider = env["llm.provider"].create(
-        {"name": name, "service": service, "api_base": api_base, "api_key": "sk-test"}
+        {"name": name, "service": service, "api_base": api_base, "api_key": api_key}
     )
     model = env["llm.model"].create(
         {"name": "sim-model", "provider_id": provider.id, "model_use": "chat", "default": True}

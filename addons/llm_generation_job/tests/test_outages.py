@@ -17,9 +17,11 @@ import sqlalchemy as sa
 
 from addons.llm_generation_job.follow import wait_finished
 from addons.llm_thread.simulator import reply_text
+from core.redaction import forms
 from core.testing import postgres_required
 
 from .conftest import make_provider, streaming
+from .test_secrets import KEY, database_dump
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +29,9 @@ JOBS = 24
 PROMPT = "[sim:tokens=60 token_delay=0.04] tell me about outages"
 
 
-def queue_streaming_jobs(registry, api_base):
+def queue_streaming_jobs(registry, api_base, api_key="sk-test"):
     with registry.environment() as env:
-        provider, model = make_provider(env, api_base=api_base)
+        provider, model = make_provider(env, api_base=api_base, api_key=api_key)
         env["llm.generation.queue"]._get_or_create_queue(provider.id).write(
             {"max_concurrent_jobs": JOBS}
         )
@@ -147,8 +149,8 @@ def test_a_postgresql_restart_under_streaming_workers_fails_no_job(
     """The server stopped (fast: every connection cut, transactions aborted) for 2.5 s while
     two workers stream, then started again."""
     cluster = local_cluster(db_url)
-    workers = start_workers(2, concurrency=JOBS // 2)
-    job_ids = queue_streaming_jobs(registry, openai_server.url)
+    workers = start_workers(2, concurrency=JOBS // 2, options=["-vv"])  # debug logging
+    job_ids = queue_streaming_jobs(registry, openai_server.url, api_key=KEY)
     wait_until_streaming(registry, job_ids)
     subprocess.run(["pg_ctlcluster", "--mode", "fast", *cluster, "stop"], check=True)
     try:
@@ -161,6 +163,13 @@ def test_a_postgresql_restart_under_streaming_workers_fails_no_job(
     assert time.monotonic() - back < 20  # the lease is 30 s: nobody waited for it
     assert_each_job_completed_once(registry, job_ids)
     assert_the_logs_say_it_once(workers)
+    # What the fault left behind (debug logs, error texts, every row) holds no API key.
+    time.sleep(0.5)  # the workers' last lines reach their logs
+    texts = [w.log.read_text() for w in workers] + [database_dump(registry)]
+    assert "DEBUG" in texts[0]
+    for text in texts:
+        for form in forms(KEY):
+            assert form not in text, f"the key appears as {form!r}"
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
