@@ -328,11 +328,9 @@ def streams(kind: str, paced_url: str, folder: Path, counts: list[int], results:
             ours = Ours(url, paced_url, folder, limit=count)
             try:
                 [worker] = ours.start(1, concurrency=count)
-                before, pg_before = cpu_seconds(worker.pid), postgres_cpu()
-                seconds, failed = ours.run(count, prompt)
-                worker_cpu = cpu_seconds(worker.pid) - before
-                pg_cpu = _delta(postgres_cpu(), pg_before)
-                results[("b", kind, "llmjobs", count)] = (seconds, worker_cpu, pg_cpu, failed)
+                results[("b", kind, "llmjobs", count)] = costs(
+                    worker, kind, ours.run, count, prompt
+                )
             finally:
                 ours.close()
         if kind != "postgresql":
@@ -342,16 +340,9 @@ def streams(kind: str, paced_url: str, folder: Path, counts: list[int], results:
             try:
                 [worker] = peer.start("procrastinate", 1, concurrency=count)
                 time.sleep(2)  # the worker is up
-                before, pg_before = cpu_seconds(worker.pid), postgres_cpu()
                 args = [{"url": paced_url, "prompt": prompt}] * count
-                seconds, failed = peer.run("generate", args)
-                worker_cpu = cpu_seconds(worker.pid) - before
-                pg_cpu = _delta(postgres_cpu(), pg_before)
-                results[("b", kind, "procrastinate + httpx", count)] = (
-                    seconds,
-                    worker_cpu,
-                    pg_cpu,
-                    failed,
+                results[("b", kind, "procrastinate + httpx", count)] = costs(
+                    worker, kind, peer.run, "generate", args
                 )
             finally:
                 peer.close()
@@ -385,8 +376,16 @@ def memory(fast_url: str, folder: Path, first: int, then: int, results: dict) ->
             ours.close()
 
 
-def _delta(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
+def costs(worker: subprocess.Popen, kind: str, run, *args) -> tuple:
+    """``run(*args)``'s (seconds, failures) with the worker's CPU and PostgreSQL's (None on
+    SQLite, or when the server's processes cannot be read) over it."""
+    before = cpu_seconds(worker.pid)
+    pg_before = postgres_cpu() if kind == "postgresql" else None
+    seconds, failed = run(*args)
+    worker_cpu = cpu_seconds(worker.pid) - before
+    pg_after = postgres_cpu() if pg_before is not None else None
+    pg_cpu = None if pg_after is None or pg_before is None else pg_after - pg_before
+    return seconds, worker_cpu, pg_cpu, failed
 
 
 # -- report ---------------------------------------------------------------------------------

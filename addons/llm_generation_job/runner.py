@@ -219,9 +219,8 @@ class JobRunner:
                     ["provider_id"],
                     ["__count"],
                 )
-                providers = providers.browse(
-                    [i for i in providers.ids if i in {g["provider_id"] for g in waiting}]
-                )
+                with_jobs = {group["provider_id"] for group in waiting}
+                providers = providers.browse([i for i in providers.ids if i in with_jobs])
                 streaming = {p.id for p in providers if p._streams_in_worker()}
             started = 0
             for provider_id in providers.ids:
