@@ -133,7 +133,10 @@ def sync(connection: Connection, metadata: sa.MetaData) -> list[str]:
         kind = diff[0]
         if kind == "add_column":
             _schema, table, column = diff[1:4]
-            operations.add_column(table, _detached(column))
+            if column.foreign_keys and connection.dialect.name == "sqlite":
+                _add_sqlite_reference(connection, table, column)
+            else:
+                operations.add_column(table, _detached(column))
             done.append(f"added column {table}.{column.name}")
         elif kind == "add_index":
             index = diff[1]
@@ -143,10 +146,17 @@ def sync(connection: Connection, metadata: sa.MetaData) -> list[str]:
             done.append(f"created index {index.name}")
         elif kind == "add_constraint" and isinstance(diff[1], sa.UniqueConstraint):
             constraint = diff[1]
-            with operations.batch_alter_table(constraint.table.name) as batch:
-                batch.create_unique_constraint(
-                    constraint.name, [c.name for c in constraint.columns]
-                )
+            columns = [c.name for c in constraint.columns]
+            if connection.dialect.name == "sqlite":
+                # SQLite cannot add a constraint to a table; a unique index of the same name
+                # holds the same rule (and fails with the same message).
+                table_name = constraint.table.name
+                indexes = sa.inspect(connection).get_indexes(table_name)
+                if any(index["name"] == constraint.name for index in indexes):
+                    continue  # added so by an earlier start
+                operations.create_index(constraint.name, table_name, columns, unique=True)
+            else:
+                operations.create_unique_constraint(constraint.name, constraint.table.name, columns)
             done.append(f"added unique constraint {constraint.name}")
         elif kind == "modify_type":
             _schema, table, column, _info, old, new = diff[1:7]
@@ -179,12 +189,28 @@ def sync(connection: Connection, metadata: sa.MetaData) -> list[str]:
     return done
 
 
+def _add_sqlite_reference(connection: Connection, table: str, column: sa.Column) -> None:
+    """Add a foreign-key column to a SQLite table. SQLite's ALTER TABLE takes a REFERENCES
+    clause for a column added empty, but Alembic refuses any constraint there."""
+    [fk] = column.foreign_keys
+    target, target_column = fk.target_fullname.rsplit(".", 1)
+    ondelete = f" ON DELETE {fk.ondelete}" if fk.ondelete else ""
+    kind = column.type.compile(dialect=connection.dialect)
+    connection.execute(
+        sa.text(
+            f'ALTER TABLE "{table}" ADD COLUMN "{column.name}" {kind} '
+            f'REFERENCES "{target}" ("{target_column}"){ondelete}'
+        )
+    )
+
+
 def _detached(column: sa.Column) -> sa.Column:
-    """A copy of a metadata column, not bound to its table, for Alembic's add_column."""
+    """A copy of a metadata column, not bound to its table, for Alembic's add_column (its
+    index, if any, is a difference of its own: ``add_index``)."""
     foreign_keys = [
         sa.ForeignKey(fk.target_fullname, ondelete=fk.ondelete) for fk in column.foreign_keys
     ]
-    return sa.Column(column.name, column.type, *foreign_keys, nullable=True, index=column.index)
+    return sa.Column(column.name, column.type, *foreign_keys, nullable=True)
 
 
 def _flatten(diffs: list) -> list[tuple]:

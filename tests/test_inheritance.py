@@ -2,7 +2,7 @@
 
 import pytest
 
-from core import RegistryError
+from core import RegistryError, ValidationError
 
 from .addon_factory import write_addon
 
@@ -85,6 +85,48 @@ def test_adding_an_extension_adds_its_column_to_an_existing_database(make_regist
         assert old.colour is False  # existing rows get NULL, defaults apply to new records
         old.colour = "red"
         assert env["tmp.thing"].search([("colour", "=", "red")]) == old
+
+
+def test_an_extension_adds_a_reference_and_a_unique_constraint_to_an_existing_table(
+    make_registry, addons
+):
+    """SQLite cannot add a constraint to a table in place (a raw NotImplementedError from
+    Alembic before): the reference and the unique constraint arrive on both databases."""
+    folder, base, _extension = addons
+    with make_registry(addons_path=[folder], addons=[base]).environment() as env:
+        env["tmp.thing"].create([{"name": "a"}, {"name": "b"}])
+    owner = write_addon(
+        folder,
+        "thing_owner",
+        depends=[base],
+        models="""
+class Owner(models.Model):
+    _name = "tmp.owner"
+    _description = "Owner"
+    name = fields.Char()
+
+class Thing(models.Model):
+    _inherit = "tmp.thing"
+    _sql_constraints = [("name_unique", "unique(name)", "Things have unique names.")]
+    owner_id = fields.Many2one("tmp.owner", ondelete="cascade", index=True)
+""",
+    )
+    registry = make_registry(addons_path=[folder], addons=[owner])
+    with registry.environment() as env:
+        person = env["tmp.owner"].create({"name": "Ada"})
+        things = env["tmp.thing"].search([])
+        things.write({"owner_id": person.id})
+        with (
+            pytest.raises(ValidationError, match="Things have unique names"),
+            env.cr.savepoint(),
+        ):
+            env["tmp.thing"].create({"name": "a"})
+        person.unlink()  # the reference cascades
+        assert not env["tmp.thing"].search([])
+    with make_registry(addons_path=[folder], addons=[owner]).environment() as env:
+        env["tmp.thing"].create({"name": "c"})  # a later start finds nothing left to do
+        with pytest.raises(ValidationError, match="Things have unique names"):
+            env["tmp.thing"].create({"name": "c"})
 
 
 def test_prototype_inheritance_copies_fields_into_a_new_model(make_registry, tmp_path):
