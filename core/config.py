@@ -14,6 +14,7 @@ command runs from (a worker started elsewhere finds the same database and key)::
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -57,11 +58,16 @@ def secret_key() -> bytes:
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     new_key = Fernet.generate_key()
-    # Create with owner-only permissions; O_EXCL makes concurrent first starts agree on one key.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
+    # Written whole to a file of our own (owner-only), then linked into place: concurrent first
+    # starts agree on one key, and none reads a key file that is still empty.
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(new_key)
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    finally:
+        draft.unlink()
     return new_key
