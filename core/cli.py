@@ -28,6 +28,7 @@ from . import addons as addon_loader
 from .config import database_url
 from .cron.cli import cron, worker
 from .exceptions import DatabaseUnavailable, RegistryError, UserError
+from .http.cli import serve
 from .redaction import RedactingFilter
 
 # Third-party loggers whose debug lines can carry request headers.
@@ -149,6 +150,7 @@ def user_create(
 
 main.add_command(worker)
 main.add_command(cron)
+main.add_command(serve)
 
 
 def _mount_addon_commands(extra_addons: list[str]) -> None:

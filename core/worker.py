@@ -35,26 +35,30 @@ STARTUP_PATIENCE = 120.0
 
 def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
     """Run until SIGTERM or SIGINT; ``cron_file`` defaults to the project's cron.yaml."""
-    config = load_cron_file(registry, cron_file)
     stop = _stop_on_signals()
-    addon_services = load_services(registry)
-    services: list[Service] = [CronScheduler(registry, config), *addon_services]
+    services = worker_services(registry, cron_file)
     started: list[Service] = []
     try:
         for service in services:
             when_reachable(service.start, service.name, stop)
             started.append(service)
         _logger.warning(
-            "Worker %d running (crons: %s; services: %s); stop it with Ctrl-C or SIGTERM",
+            "Worker %d running (%s); stop it with Ctrl-C or SIGTERM",
             os.getpid(),
-            ", ".join(e.name for e in config.entries if e.active) or "none",
-            ", ".join(s.name for s in addon_services) or "none",
+            ", ".join(service.name for service in services),
         )
         stop.wait()
         _logger.warning("Stopping the worker (signal again to stop at once)...")
     finally:
         for service in reversed(started):
             service.stop(STOP_TIMEOUT)
+
+
+def worker_services(registry: Registry, cron_file: Path | None = None) -> list[Service]:
+    """What a worker runs: the cron scheduler (the cron file checked first), then the
+    addons' services."""
+    config = load_cron_file(registry, cron_file)
+    return [CronScheduler(registry, config), *load_services(registry)]
 
 
 def when_reachable(action: Callable[[], T], what: str, stop: threading.Event | None = None) -> T:

@@ -1,0 +1,40 @@
+"""The HTTP surface of the framework: an ASGI app whose routes come from the addons.
+
+::
+
+    from fastapi import APIRouter
+    from core.http import CurrentUser, not_found
+
+    router = APIRouter(prefix="/api/notes", tags=["notes"])
+
+    @router.get("/{note_id}")
+    def read_note(note_id: int, user: CurrentUser) -> dict:
+        with user.environment(readonly=True) as env:
+            note = env["x.note"].search([("id", "=", note_id)])   # record rules apply
+            if not note:
+                raise not_found(f"Note {note_id}")
+            return {"id": note.id, "name": note.name}
+
+``llmjobs serve`` runs ``create_app(registry)`` under uvicorn.
+"""
+
+from .app import create_app
+from .auth import CSRF_HEADER, SESSION_COOKIE, CurrentUser, Principal, registry_of, require_group
+from .errors import ErrorOut, conflict, not_found
+from .records import visible_record
+from .sse import event_stream
+
+__all__ = [
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
+    "CurrentUser",
+    "ErrorOut",
+    "Principal",
+    "conflict",
+    "create_app",
+    "event_stream",
+    "not_found",
+    "registry_of",
+    "require_group",
+    "visible_record",
+]

@@ -1,0 +1,127 @@
+"""Errors as JSON: every failure of a request is ``{"detail": "...", ...}`` with its status.
+
+=========================  ======  =====================================================
+raised                     status  body
+=========================  ======  =====================================================
+ValidationError            422     ``detail`` (it names the field)
+request body/query invalid 422     ``detail``, and ``errors``: ``[{"field", "message"}]``
+AccessError                403     ``detail`` (names the model and operation, no data)
+MissingError, not found    404     ``detail``
+UserError                  400     ``detail`` (``conflict()`` for 409)
+DatabaseUnavailable        503     ``detail``, with ``Retry-After``
+anything else              500     ``detail`` with a reference to the server's log line
+=========================  ======  =====================================================
+
+No response carries a stack trace, SQL or a secret: unexpected errors are logged (redacted,
+core.redaction) and answered with a reference only.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from core.exceptions import (
+    AccessError,
+    DatabaseUnavailable,
+    MissingError,
+    UserError,
+    ValidationError,
+)
+
+_logger = logging.getLogger(__name__)
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The operation was refused; `detail` says why"},
+    401: {"model": ErrorOut, "description": "Not authenticated"},
+    403: {"model": ErrorOut, "description": "Not allowed for this user"},
+    404: {"model": ErrorOut, "description": "No such record, or not visible to this user"},
+    422: {"model": ErrorOut, "description": "Invalid input; `errors` names the fields"},
+    503: {"model": ErrorOut, "description": "The database is unavailable; retry shortly"},
+}
+
+
+def not_found(what: str) -> HTTPException:
+    return HTTPException(404, f"{what} not found (or not visible to you).")
+
+
+def conflict(message: str) -> HTTPException:
+    return HTTPException(409, message)
+
+
+def _field_name(location: tuple) -> str:
+    parts = [str(part) for part in location if part not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn exceptions into the responses above."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = [
+            {"field": _field_name(tuple(error.get("loc", ()))), "message": error.get("msg", "")}
+            for error in exc.errors()
+        ]
+        names = ", ".join(dict.fromkeys(error["field"] for error in errors))
+        return JSONResponse(
+            {"detail": f"Invalid input: {names}.", "errors": errors}, status_code=422
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse(
+            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(ValidationError)
+    async def validation_error(request: Request, exc: ValidationError):
+        return JSONResponse({"detail": exc.message}, status_code=422)
+
+    @app.exception_handler(AccessError)
+    async def access_error(request: Request, exc: AccessError):
+        return JSONResponse({"detail": exc.message}, status_code=403)
+
+    @app.exception_handler(MissingError)
+    async def missing_error(request: Request, exc: MissingError):
+        return JSONResponse({"detail": exc.message}, status_code=404)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError):
+        return JSONResponse({"detail": exc.message}, status_code=400)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(request: Request, exc: DatabaseUnavailable):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        reference = secrets.token_hex(4)
+        _logger.error(
+            "Unexpected error in %s %s (reference %s)",
+            request.method,
+            request.url.path,
+            reference,
+            exc_info=exc,
+        )
+        detail = f"Internal error; the server's log has the details (reference {reference})."
+        return JSONResponse({"detail": detail}, status_code=500)
