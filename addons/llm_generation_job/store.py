@@ -118,6 +118,7 @@ class Piece:
     seq: int
     attempt: int
     text: str
+    first: bool = False  # the attempt's first piece: its time to first token ends here
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,9 @@ class JobStore:
                 for p in pieces
             ]
         )
+        firsts = [p.lease.attempt_id for p in pieces if p.first]
+        if firsts:
+            self.env[ATTEMPT].browse(firsts).write({"first_token_at": _now()})
         self.notifier.send_many(
             self.env.cr, PROGRESS, list(dict.fromkeys(p.lease.job_id for p in pieces))
         )

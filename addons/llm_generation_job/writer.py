@@ -135,9 +135,10 @@ class Writer:
         text = stream.take()
         if not text:
             return
+        first = stream not in self._last_seq
         seq = self._last_seq.get(stream, stream.prepared.seq) + 1
         self._last_seq[stream] = seq
-        piece = Piece(stream.lease, seq, stream.prepared.attempt, text)
+        piece = Piece(stream.lease, seq, stream.prepared.attempt, text, first)
         self._unsaved.setdefault(stream, []).append(piece)
 
     def _drop_logged(self, store: JobStore, streams: list[Stream]) -> None:

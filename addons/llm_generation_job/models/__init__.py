@@ -2,6 +2,7 @@ from . import (  # noqa: F401
     llm_generation_job,
     llm_generation_job_attempt,
     llm_generation_job_chunk,
+    llm_generation_metric,
     llm_generation_queue,
     llm_generation_worker,
     llm_provider,

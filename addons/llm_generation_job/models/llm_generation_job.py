@@ -335,7 +335,11 @@ class GenerationJob(models.Model):
     def cleanup_old_jobs(self, days=7, batch_size=1000, log_hours=24):
         """Delete finished jobs created more than ``days`` days ago, and the stream logs of
         jobs finished more than ``log_hours`` hours ago (their replies stay, in their
-        messages), in batches (each batch committed). Returns how many jobs were deleted."""
+        messages), in batches (each batch committed). Returns how many jobs were deleted.
+
+        Each batch is locked, and what it counted in the counters of ``/metrics`` is added to
+        their totals in the transaction that deletes it (llm_generation_metric): the counters
+        never go back, and two cleanups at once do not fold the same jobs."""
         store, log_cutoff = JobStore(self.env), _now() - dt.timedelta(hours=log_hours)
         while store.forget_logs(log_cutoff, batch_size):
             self.env.cr.commit()
@@ -348,11 +352,13 @@ class GenerationJob(models.Model):
             ("state", "=", "failed"),
             ("next_retry_at", "=", False),
         ]
-        deleted = 0
+        deleted, totals = 0, self.env["llm.generation.metric.total"]
         while True:
             batch = self.search(domain, limit=batch_size, order="id")
+            batch = batch.lock_for_update(domain=domain)  # still there, and ours alone
             if not batch:
                 return deleted
+            totals.fold(batch)
             batch.unlink()
             deleted += len(batch)
             self.env.cr.commit()

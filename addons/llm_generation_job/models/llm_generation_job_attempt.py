@@ -21,13 +21,42 @@ class GenerationJobAttempt(models.Model):
     number = fields.Integer(required=True, help="1 for the first try, 2 for the first retry...")
     worker = fields.Char(help="host:pid of the worker that ran it")
     started_at = fields.Datetime(required=True)
+    first_token_at = fields.Datetime(
+        help="When its first piece of reply was committed, for followers to see (time to first "
+        "token: this minus started_at, to within a writer flush)"
+    )
     ended_at = fields.Datetime()
     outcome = fields.Selection(OUTCOMES, default="running", required=True)
     error_message = fields.Text()
     duration = fields.Float(compute="_compute_duration", store=True, help="Seconds")
+    provider_id = fields.Many2one(
+        "llm.provider",
+        compute="_compute_provider_id",
+        store=True,
+        ondelete="cascade",
+        help="Its job's provider: the queue of the metrics",
+    )
+    time_to_first_token = fields.Float(
+        compute="_compute_time_to_first_token",
+        store=True,
+        help="Seconds from its start to its first piece of reply (empty: none streamed)",
+    )
 
     @api.depends("started_at", "ended_at")
     def _compute_duration(self):
         for attempt in self:
             ended, started = attempt.ended_at, attempt.started_at
             attempt.duration = (ended - started).total_seconds() if ended and started else 0.0
+
+    @api.depends("job_id.provider_id")
+    def _compute_provider_id(self):
+        for attempt in self:
+            attempt.provider_id = attempt.job_id.provider_id
+
+    @api.depends("started_at", "first_token_at")
+    def _compute_time_to_first_token(self):
+        for attempt in self:
+            first, started = attempt.first_token_at, attempt.started_at
+            attempt.time_to_first_token = (
+                max((first - started).total_seconds(), 0.0) if first and started else False
+            )

@@ -3,13 +3,16 @@ users, and real ``llmjobs worker`` processes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from addons.llm_thread.tests.conftest import (  # noqa: F401  (fixtures)
@@ -144,3 +147,79 @@ def streaming(env, job_ids) -> set[int]:
         [("job_id", "in", list(job_ids)), ("kind", "=", "text")]
     )
     return set(chunks.mapped("job_id").ids)
+
+
+# The API key of every provider the HTTP tests create: the `api` fixture finds it in no
+# response and no log line of any of them.
+API_KEY = "sk-http-suite-4f1c9e27b8d6"
+
+
+class _Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.texts: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(self.format(record))
+
+
+@dataclass
+class Api:
+    """The registry's HTTP API, served on loopback by uvicorn for one test."""
+
+    url: str
+    tokens: dict[str, str]  # user name -> an API token of theirs
+    responses: list[str] = field(default_factory=list)
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, user: str | None, **options) -> httpx.Client:
+        """An httpx client as ``user`` ('alice', 'bob', 'manager'; None: anonymous)."""
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        client = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=30,
+            event_hooks={"response": [self._capture]},
+            **options,
+        )
+        self.clients.append(client)
+        return client
+
+    def _capture(self, response: httpx.Response) -> None:
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            response.read()
+            self.responses.append(f"{response.headers}\n{response.text}")
+        else:
+            self.responses.append(str(response.headers))
+
+
+@pytest.fixture
+def api(registry, users):
+    """The HTTP API on a real server; ``api.client('alice')`` calls it with a token of
+    Alice's. After the test, the providers' API key is in no response and no log line."""
+    from core.http import create_app
+    from core.redaction import forms
+    from core.testing import served
+
+    tokens = {}
+    with registry.environment() as env:
+        for name, uid in users.items():
+            tokens[name] = env["res.users.apikey"].with_user(uid).generate("tests")[1]
+    captured = _Captured()
+    root = logging.getLogger()
+    root.addHandler(captured)
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        with served(create_app(registry)) as url:
+            found = Api(url, tokens)
+            yield found
+            for client in found.clients:
+                client.close()
+    finally:
+        root.removeHandler(captured)
+        root.setLevel(level)
+    for text in [*found.responses, *captured.texts]:
+        for form in forms(API_KEY):
+            assert form not in text, "a provider's API key leaked"

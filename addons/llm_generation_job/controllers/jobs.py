@@ -1,0 +1,261 @@
+"""Generation jobs over HTTP: the user's own, or every job for LLM managers.
+
+::
+
+    GET  /api/jobs                 filters (state, provider, model, user, thread, created and
+                                   finished dates, free text over errors); newest first,
+                                   paginated by cursor: pass ``next_cursor`` back as ``cursor``
+    GET  /api/jobs/{id}            inputs, messages, error, and the attempt timeline
+    POST /api/jobs/{id}/cancel     (409 when it cannot be cancelled in its state)
+    POST /api/jobs/{id}/retry
+    POST /api/jobs/bulk/{action}   cancel or retry the jobs of ``ids``, or every job matching
+                                   ``filter``; ``dry_run`` only counts them (to confirm first)
+
+A bulk action applies to each job on its own (one refusal does not stop the others) and
+answers with counts and the refusals' reasons.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field, model_validator
+
+from addons.llm_thread.controllers.threads import MessageOut, message_out
+from core.exceptions import UserError
+from core.http import CurrentUser, conflict, visible_record
+
+from ..models.llm_generation_job import STATES
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+JobState = Literal[tuple(state for state, _label in STATES)]  # type: ignore[valid-type]
+BULK_LIMIT = 10_000
+
+
+class JobFilter(BaseModel):
+    state: list[JobState] | None = None
+    provider_id: int | None = None
+    model_id: int | None = None
+    user_id: int | None = None
+    thread_id: int | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+    finished_after: dt.datetime | None = None
+    finished_before: dt.datetime | None = None
+    q: str | None = Field(None, max_length=200, description="Text in the job's error")
+
+    def domain(self) -> list:
+        terms: list = []
+        if self.state:
+            terms.append(("state", "in", list(self.state)))
+        for name in ("provider_id", "model_id", "user_id", "thread_id"):
+            if getattr(self, name) is not None:
+                terms.append((name, "=", getattr(self, name)))
+        for name, column, operator in (
+            ("created_after", "create_date", ">="),
+            ("created_before", "create_date", "<"),
+            ("finished_after", "completed_at", ">="),
+            ("finished_before", "completed_at", "<"),
+        ):
+            if getattr(self, name) is not None:
+                terms.append((column, operator, getattr(self, name)))
+        if self.q:
+            terms.append(("error_message", "ilike", self.q))
+        return terms
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    state: str
+    thread_id: int
+    provider_id: int
+    provider_name: str
+    model_id: int | None
+    user_id: int | None
+    priority: int
+    retry_count: int
+    max_retries: int
+    error_message: str | None
+    error_kind: str | None
+    next_retry_at: dt.datetime | None
+    created_at: dt.datetime
+    queued_at: dt.datetime | None
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    queue_seconds: float | None
+    duration_seconds: float | None
+    can_cancel: bool
+    can_retry: bool
+
+
+class AttemptOut(BaseModel):
+    number: int
+    worker: str | None
+    started_at: dt.datetime
+    first_token_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    outcome: str
+    error_message: str | None
+    duration_seconds: float | None
+    prompt_tokens: int | None = Field(None, description="The completed attempt's usage")
+    completion_tokens: int | None = None
+
+
+class JobDetail(JobOut):
+    generation_inputs: dict[str, Any] | None
+    input_message: MessageOut | None
+    output_message: MessageOut | None
+    attempts: list[AttemptOut]
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: int | None = Field(None, description="Pass it as `cursor` for the next page")
+
+
+class BulkIn(BaseModel):
+    ids: list[int] | None = Field(None, max_length=BULK_LIMIT)
+    filter: JobFilter | None = None
+    dry_run: bool = Field(False, description="Only count the jobs it would act on")
+
+    @model_validator(mode="after")
+    def one_selection(self) -> BulkIn:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give either `ids` or `filter`")
+        return self
+
+
+class Refusal(BaseModel):
+    id: int
+    reason: str
+
+
+class BulkOut(BaseModel):
+    matched: int
+    done: int
+    refused: list[Refusal]
+
+
+def job_out(job) -> JobOut:
+    started = job.started_at or None
+    return JobOut(
+        id=job.id,
+        name=job.name or "",
+        state=job.state,
+        thread_id=job.thread_id.id,
+        provider_id=job.provider_id.id,
+        provider_name=job.provider_id.sudo().name,
+        model_id=job.model_id.id or None,
+        user_id=job.user_id.id or None,
+        priority=job.priority,
+        retry_count=job.retry_count,
+        max_retries=job.max_retries,
+        error_message=job.error_message or None,
+        error_kind=job.error_kind or None,
+        next_retry_at=job.next_retry_at or None,
+        created_at=job.create_date,
+        queued_at=job.queued_at or None,
+        started_at=started,
+        completed_at=job.completed_at or None,
+        queue_seconds=job.queue_duration if started else None,
+        duration_seconds=job.duration if job.completed_at else None,
+        can_cancel=job.can_cancel,
+        can_retry=job.can_retry,
+    )
+
+
+def _attempt_out(attempt, reply) -> AttemptOut:
+    completed = attempt.outcome == "completed" and reply
+    return AttemptOut(
+        number=attempt.number,
+        worker=attempt.worker or None,
+        started_at=attempt.started_at,
+        first_token_at=attempt.first_token_at or None,
+        ended_at=attempt.ended_at or None,
+        outcome=attempt.outcome,
+        error_message=attempt.error_message or None,
+        duration_seconds=attempt.duration if attempt.ended_at else None,
+        prompt_tokens=reply.prompt_tokens if completed else None,
+        completion_tokens=reply.completion_tokens if completed else None,
+    )
+
+
+def job_detail(job) -> JobDetail:
+    reply = job.output_message_id
+    return JobDetail(
+        **job_out(job).model_dump(),
+        generation_inputs=job.generation_inputs or None,
+        input_message=message_out(job.input_message_id) if job.input_message_id else None,
+        output_message=message_out(reply) if reply else None,
+        attempts=[_attempt_out(attempt, reply) for attempt in job.attempt_ids],
+    )
+
+
+@router.get("")
+def list_jobs(
+    user: CurrentUser,
+    filters: Annotated[JobFilter, Query()],
+    cursor: int | None = Query(None, ge=1, description="`next_cursor` of the previous page"),
+    limit: int = Query(50, ge=1, le=500),
+) -> JobPage:
+    domain = filters.domain()
+    if cursor is not None:
+        domain.append(("id", "<", cursor))
+    with user.environment(readonly=True) as env:
+        jobs = env["llm.generation.job"].search(domain, order="id desc", limit=limit)
+        items = [job_out(job) for job in jobs]
+    next_cursor = items[-1].id if len(items) == limit else None
+    return JobPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{job_id}")
+def read_job(job_id: int, user: CurrentUser) -> JobDetail:
+    with user.environment(readonly=True) as env:
+        return job_detail(visible_record(env, "llm.generation.job", job_id, "Generation job"))
+
+
+# Before the routes of one job: "/bulk/cancel" is not job "bulk"'s "cancel".
+@router.post("/bulk/{action}")
+def bulk_action(action: Literal["cancel", "retry"], body: BulkIn, user: CurrentUser) -> BulkOut:
+    """Cancel or retry many jobs: those of ``ids`` (that the user may see), or all that match
+    ``filter`` (at most 10,000 per call)."""
+    domain = [("id", "in", body.ids)] if body.ids is not None else body.filter.domain()
+    with user.environment() as env:
+        jobs = env["llm.generation.job"].search(domain, order="id", limit=BULK_LIMIT)
+        if body.dry_run:
+            return BulkOut(matched=len(jobs), done=0, refused=[])
+        refused = []
+        for job in jobs:
+            try:
+                with env.cr.savepoint():
+                    getattr(job, f"action_{action}")()
+            except UserError as error:
+                refused.append(Refusal(id=job.id, reason=error.message))
+        return BulkOut(matched=len(jobs), done=len(jobs) - len(refused), refused=refused)
+
+
+def _act(user, job_id: int, action: str) -> JobDetail:
+    with user.environment() as env:
+        job = visible_record(env, "llm.generation.job", job_id, "Generation job")
+        try:
+            getattr(job, f"action_{action}")()
+        except UserError as error:
+            if type(error) is not UserError:
+                raise
+            raise conflict(error.message) from None
+        return job_detail(job)
+
+
+@router.post("/{job_id}/cancel", responses={409: {}})
+def cancel_job(job_id: int, user: CurrentUser) -> JobDetail:
+    """Cancel a queued or running job, or one waiting for its automatic retry."""
+    return _act(user, job_id, "cancel")
+
+
+@router.post("/{job_id}/retry", responses={409: {}})
+def retry_job(job_id: int, user: CurrentUser) -> JobDetail:
+    """Queue a failed job again, if it has retries left."""
+    return _act(user, job_id, "retry")

@@ -1,0 +1,157 @@
+"""Queues and workers over HTTP.
+
+::
+
+    GET   /api/queues               every queue: configuration, live counts, health, stats
+    GET   /api/queues/{id}
+    PATCH /api/queues/{id}          (LLM managers) limits and retry policy
+    POST  /api/queues/{id}/pause    (LLM managers) start no more jobs
+    POST  /api/queues/{id}/resume   (LLM managers)
+    GET   /api/workers              (LLM managers) workers: last beat, slots, running jobs
+
+Every user may read the queues (their health and backlog are what a user waits on); the
+statistics count every user's jobs but show none of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from core.http import CurrentUser, Principal, require_group, visible_record
+
+MANAGER = "llm_thread.group_llm_manager"
+Manager = Annotated[Principal, Depends(require_group(MANAGER, "LLM managers"))]
+
+router = APIRouter(prefix="/api", tags=["queues"])
+
+
+class QueuePatch(BaseModel):
+    max_concurrent_jobs: int | None = Field(None, ge=1, le=10_000)
+    auto_retry_failed: bool | None = None
+    retry_delay_minutes: int | None = Field(None, ge=0, le=10_080)
+    attempt_deadline_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+
+
+class QueueOut(BaseModel):
+    id: int
+    name: str
+    provider_id: int
+    provider_name: str
+    enabled: bool
+    max_concurrent_jobs: int
+    auto_retry_failed: bool
+    retry_delay_minutes: int
+    attempt_deadline_seconds: float
+    health: str
+    live_workers: int
+    job_counts: dict[str, int]
+    performance: dict[str, Any] = Field(description="Over the last `window_hours` hours")
+    last_processed_at: dt.datetime | None
+
+
+class WorkerOut(BaseModel):
+    id: int
+    name: str
+    host: str
+    pid: int
+    live: bool
+    started_at: dt.datetime
+    last_beat_at: dt.datetime | None
+    stopped_at: dt.datetime | None
+    slots: int
+    running_jobs: int
+    queues: list[str] = Field(description="Provider names it serves; empty: every queue")
+
+
+def queue_out(queue, window_hours: float = 24) -> QueueOut:
+    stats = queue.sudo().get_queue_stats(window_hours)
+    workers = queue.env["llm.generation.worker"].live_count(queue.provider_id.id)
+    return QueueOut(
+        id=queue.id,
+        name=queue.name,
+        provider_id=queue.provider_id.id,
+        provider_name=stats["provider_name"],
+        enabled=queue.enabled,
+        max_concurrent_jobs=queue.max_concurrent_jobs,
+        auto_retry_failed=queue.auto_retry_failed,
+        retry_delay_minutes=queue.retry_delay_minutes,
+        attempt_deadline_seconds=queue.attempt_deadline_seconds,
+        health=stats["queue_health"],
+        live_workers=workers,
+        job_counts=stats["job_counts"],
+        performance=stats["performance"],
+        last_processed_at=stats["last_processed_at"],
+    )
+
+
+@router.get("/queues")
+def list_queues(
+    user: CurrentUser, window_hours: float = Query(24, gt=0, le=24 * 31)
+) -> list[QueueOut]:
+    with user.environment(readonly=True) as env:
+        return [queue_out(q, window_hours) for q in env["llm.generation.queue"].search([])]
+
+
+@router.get("/queues/{queue_id}")
+def read_queue(
+    queue_id: int, user: CurrentUser, window_hours: float = Query(24, gt=0, le=24 * 31)
+) -> QueueOut:
+    with user.environment(readonly=True) as env:
+        queue = visible_record(env, "llm.generation.queue", queue_id, "Queue")
+        return queue_out(queue, window_hours)
+
+
+@router.patch("/queues/{queue_id}")
+def update_queue(queue_id: int, body: QueuePatch, user: Manager) -> QueueOut:
+    with user.environment() as env:
+        queue = visible_record(env, "llm.generation.queue", queue_id, "Queue")
+        values = body.model_dump(exclude_unset=True, exclude_none=True)
+        if values:
+            queue.write(values)
+        return queue_out(queue)
+
+
+@router.post("/queues/{queue_id}/pause")
+def pause_queue(queue_id: int, user: Manager) -> QueueOut:
+    """Start no more jobs from this queue (running ones finish)."""
+    with user.environment() as env:
+        queue = visible_record(env, "llm.generation.queue", queue_id, "Queue")
+        queue.action_disable()
+        return queue_out(queue)
+
+
+@router.post("/queues/{queue_id}/resume")
+def resume_queue(queue_id: int, user: Manager) -> QueueOut:
+    with user.environment() as env:
+        queue = visible_record(env, "llm.generation.queue", queue_id, "Queue")
+        queue.action_enable()
+        return queue_out(queue)
+
+
+@router.get("/workers", tags=["workers"])
+def list_workers(
+    user: Manager, include_stopped: bool = Query(False, description="Stopped and dead ones too")
+) -> list[WorkerOut]:
+    with user.environment(readonly=True) as env:
+        domain = [] if include_stopped else [("is_live", "=", True)]
+        workers = env["llm.generation.worker"].search(domain, order="id desc")
+        return [
+            WorkerOut(
+                id=w.id,
+                name=w.name,
+                host=w.host,
+                pid=w.pid,
+                live=w.is_live,
+                started_at=w.started_at,
+                last_beat_at=w.last_beat_at or None,
+                stopped_at=w.stopped_at or None,
+                slots=w.slots,
+                running_jobs=w.running_jobs,
+                queues=w.provider_ids.sudo().mapped("name"),
+            )
+            for w in workers
+        ]
