@@ -26,9 +26,8 @@ import click
 
 from . import addons as addon_loader
 from .config import database_url
-from .cron.cli import cron, worker
+from .cron.cli import cron, cron_file_option, worker
 from .exceptions import DatabaseUnavailable, RegistryError, UserError
-from .http.cli import serve
 from .redaction import RedactingFilter
 
 # Third-party loggers whose debug lines can carry request headers.
@@ -148,9 +147,32 @@ def user_create(
         click.echo(f"Created user {login} (id {new_user.id}).")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8069, show_default=True, help="Port to listen on.")
+@click.option(
+    "--with-worker",
+    is_flag=True,
+    help="Also run a worker in this process (crons and job runner): one command for a "
+    "single machine.",
+)
+@cron_file_option
+@click.pass_obj
+def serve(obj: CliContext, host: str, port: int, with_worker: bool, cron_file: Path | None):
+    """Serve the JSON API, its OpenAPI document (/openapi.json, /docs) and /metrics."""
+    import uvicorn  # the web stack loads for this command only
+
+    from .http import create_app
+    from .worker import when_reachable, worker_services
+
+    registry = when_reachable(obj.registry, "the registry")
+    services = worker_services(registry, cron_file) if with_worker else []
+    click.echo(f"Serving on http://{host}:{port} (API documentation at /docs)", err=True)
+    uvicorn.run(create_app(registry, services), host=host, port=port, log_config=None)
+
+
 main.add_command(worker)
 main.add_command(cron)
-main.add_command(serve)
 
 
 def _mount_addon_commands(extra_addons: list[str]) -> None:

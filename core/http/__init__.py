@@ -20,11 +20,12 @@
 
 from .app import create_app
 from .auth import CSRF_HEADER, SESSION_COOKIE, CurrentUser, Principal, registry_of, require_group
-from .errors import ErrorOut, conflict, not_found
+from .errors import CONFLICT, ErrorOut, conflict, not_found
 from .records import visible_record
 from .sse import event_stream
 
 __all__ = [
+    "CONFLICT",
     "CSRF_HEADER",
     "SESSION_COOKIE",
     "CurrentUser",

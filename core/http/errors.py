@@ -60,6 +60,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# For the operations that a record's current state may refuse.
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "Refused in the record's current state"}
+}
+
+
 def not_found(what: str) -> HTTPException:
     return HTTPException(404, f"{what} not found (or not visible to you).")
 

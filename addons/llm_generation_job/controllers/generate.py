@@ -30,7 +30,15 @@ from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
 
 from core.exceptions import AccessError, MissingError, UserError, ValidationError
-from core.http import CurrentUser, Principal, conflict, event_stream, not_found, visible_record
+from core.http import (
+    CONFLICT,
+    CurrentUser,
+    Principal,
+    conflict,
+    event_stream,
+    not_found,
+    visible_record,
+)
 
 from ..follow import follow_job
 from ..store import JobStore
@@ -93,7 +101,7 @@ def _generation(user: Principal, thread_id: int, body: GenerateIn) -> Iterator[d
         yield from thread.generate_response(body.content, use_queue=body.use_queue, **body.options)
 
 
-@router.post("/threads/{thread_id}/generate", responses={**EVENTS, 409: {}})
+@router.post("/threads/{thread_id}/generate", responses={**EVENTS, **CONFLICT})
 def generate(thread_id: int, body: GenerateIn, user: CurrentUser):
     """Generate the thread's next reply, streamed as Server-Sent Events (409 while the
     thread is already generating)."""
@@ -126,7 +134,7 @@ def job_events(
     return event_stream(_started(_follow(user, job_id, after or 0)), event_id)
 
 
-@router.post("/threads/{thread_id}/stop", responses={409: {}})
+@router.post("/threads/{thread_id}/stop", responses=CONFLICT)
 def stop(thread_id: int, user: CurrentUser) -> StopOut:
     """Cancel the thread's queued or running job (or the retry it waits for)."""
     with user.environment() as env:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from addons.llm_thread.controllers.threads import MessageOut, message_out
 from core.exceptions import UserError
-from core.http import CurrentUser, conflict, visible_record
+from core.http import CONFLICT, CurrentUser, conflict, visible_record
 
 from ..models.llm_generation_job import STATES
 
@@ -249,13 +249,13 @@ def _act(user, job_id: int, action: str) -> JobDetail:
         return job_detail(job)
 
 
-@router.post("/{job_id}/cancel", responses={409: {}})
+@router.post("/{job_id}/cancel", responses=CONFLICT)
 def cancel_job(job_id: int, user: CurrentUser) -> JobDetail:
     """Cancel a queued or running job, or one waiting for its automatic retry."""
     return _act(user, job_id, "cancel")
 
 
-@router.post("/{job_id}/retry", responses={409: {}})
+@router.post("/{job_id}/retry", responses=CONFLICT)
 def retry_job(job_id: int, user: CurrentUser) -> JobDetail:
     """Queue a failed job again, if it has retries left."""
     return _act(user, job_id, "retry")

@@ -355,7 +355,19 @@ def test_a_job_shows_its_inputs_reply_and_attempt_timeline(api, setup, registry,
     assert attempt["outcome"] == "completed" and attempt["worker"]
     assert attempt["started_at"] <= attempt["first_token_at"] <= attempt["ended_at"]
     assert attempt["completion_tokens"] == 5 and attempt["prompt_tokens"] > 0
-    assert api.client("bob").get(f"/api/jobs/{job_id}").status_code == 404
+    bob = api.client("bob")
+    for method, url in [
+        ("GET", f"/api/jobs/{job_id}"),
+        ("GET", f"/api/jobs/{job_id}/events"),
+        ("POST", f"/api/jobs/{job_id}/cancel"),
+        ("POST", f"/api/jobs/{job_id}/retry"),
+    ]:
+        refused = bob.request(method, url)
+        assert refused.status_code == 404 and "hi" not in refused.text, (method, url)
+    logged = [int(e.id) for e in got if e.event == "message_chunk"]
+    replay = events(alice, "GET", f"/api/jobs/{job_id}/events", params={"after": 1})
+    assert [int(e.id) for e in replay if e.event == "message_chunk"] == logged[1:]
+    assert replay[-1].event == "done"
     assert api.client("manager").get(f"/api/jobs/{job_id}").json()["id"] == job_id
     conflict = alice.post(f"/api/jobs/{job_id}/cancel")
     assert conflict.status_code == 409 and "it is completed" in conflict.json()["detail"]
@@ -453,4 +465,8 @@ def test_the_openapi_document_covers_every_endpoint_and_error(api):
     for path, operations in paths.items():
         for method, operation in operations.items():
             assert {"401", "403", "404", "422"} <= set(operation["responses"]), (method, path)
+    assert "409" in paths["/api/jobs/{job_id}/cancel"]["post"]["responses"]
+    assert "429" in paths["/api/session"]["post"]["responses"]
+    generate = paths["/api/threads/{thread_id}/generate"]["post"]["responses"]["200"]
+    assert "text/event-stream" in generate["content"]
     assert "ErrorOut" in spec["components"]["schemas"]

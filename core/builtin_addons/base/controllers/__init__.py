@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from core.exceptions import AccessError
-from core.http import SESSION_COOKIE, CurrentUser, not_found, registry_of
+from core.http import SESSION_COOKIE, CurrentUser, ErrorOut, not_found, registry_of
 from core.http.auth import csrf_token
 
 from ..models.res_users_session import SESSION_DAYS
@@ -74,7 +74,10 @@ def _token_out(key) -> TokenOut:
     return TokenOut(id=key.id, name=key.name, hint=key.hint or "", created_at=key.create_date)
 
 
-@router.post("/session", responses={429: {"description": "Too many failed logins"}})
+@router.post(
+    "/session",
+    responses={429: {"model": ErrorOut, "description": "Too many failed logins; see Retry-After"}},
+)
 def log_in(body: LoginIn, request: Request, response: Response) -> SessionOut:
     """Log in with a login and password: sets the session cookie. After 5 failed attempts
     for one login (or from one address) within 5 minutes, attempts are refused (429) until
