@@ -3,8 +3,8 @@ and record rules, exactly as that user's code would in-process.
 
 Two ways in:
 
-- ``Authorization: Bearer <API key>`` (scripts): keys are created and revoked by their users
-  (``res.users.apikey``);
+- ``Authorization: Bearer <API token>`` (scripts): tokens are created and revoked by their
+  users (``res.users.apikey``, ``/api/tokens``);
 - the session cookie set by ``POST /api/session`` (pages). A write made with the cookie must
   carry the session's CSRF token in the ``X-CSRF-Token`` header (the login answer and
   ``GET /api/session`` give it): another site can make a browser send the cookie, not read
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 SESSION_COOKIE = "llmjobs_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-LOGIN_HINT = "log in (POST /api/session) or send 'Authorization: Bearer <API key>'"
+LOGIN_HINT = "log in (POST /api/session) or send 'Authorization: Bearer <API token>'"
 
 
 def csrf_token(session_token: str) -> str:
@@ -69,17 +69,20 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 def authenticated(request: Request) -> Principal:
-    """The request's user, from its bearer key or its session cookie (401 without either)."""
+    """The request's user, from its bearer token or its session cookie (401 without
+    either)."""
     registry = registry_of(request)
     authorization = request.headers.get("authorization")
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise _unauthorized("Send the API key as 'Authorization: Bearer <API key>'.")
+            raise _unauthorized("Send the API token as 'Authorization: Bearer <API token>'.")
         with registry.environment() as env:
             uid = env["res.users.apikey"].user_for_key(key.strip())
         if uid is None:
-            raise _unauthorized("This API key is unknown or was revoked; create a new one.")
+            raise _unauthorized(
+                "This API token is unknown or was revoked; create a new one (POST /api/tokens)."
+            )
         return Principal(registry, uid, "token")
     token = request.cookies.get(SESSION_COOKIE)
     if not token:

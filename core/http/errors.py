@@ -26,6 +26,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.exceptions import (
     AccessError,
@@ -119,15 +120,40 @@ def install(app: FastAPI) -> None:
     async def database_unavailable(request: Request, exc: DatabaseUnavailable):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        reference = secrets.token_hex(4)
-        _logger.error(
-            "Unexpected error in %s %s (reference %s)",
-            request.method,
-            request.url.path,
-            reference,
-            exc_info=exc,
-        )
-        detail = f"Internal error; the server's log has the details (reference {reference})."
-        return JSONResponse({"detail": detail}, status_code=500)
+    app.add_middleware(_UnexpectedErrors)
+
+
+class _UnexpectedErrors:
+    """Answers an unexpected exception with a 500 that names a reference, and logs the
+    traceback under it (Starlette's own handler would answer, then re-raise into the server,
+    which resets the connection)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as error:
+            reference = secrets.token_hex(4)
+            _logger.error(
+                "Unexpected error in %s %s (reference %s)",
+                scope.get("method"),
+                scope.get("path"),
+                reference,
+                exc_info=error,
+            )
+            if started:  # the answer has begun: there is nothing left to say
+                return
+            detail = f"Internal error; the server's log has the details (reference {reference})."
+            await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)
