@@ -21,7 +21,8 @@ from addons.llm_generation_job.follow import wait_finished
 from .conftest import streaming
 from .test_worker_processes import assert_one_reply_per_job, setup_threads
 
-pytestmark = pytest.mark.slow
+# The test bounds itself (420 s of deaths, then 180 s to finish): above pytest's 300 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(660)]
 
 LEASE = 4  # seconds (see test_worker_processes.LEASE_SECONDS for why not shorter)
 MAINTENANCE = LEASE / 3  # how often a worker looks for expired leases
