@@ -333,7 +333,9 @@ class JobStore:
         self._log([piece for piece in pieces if piece.lease in held])
         return [lease for lease in leases if lease not in held]
 
-    def _log(self, pieces: Sequence[Piece]) -> None:
+    def _log(self, pieces: Sequence[Piece], now: dt.datetime | None = None) -> None:
+        """Insert ``pieces``; an attempt's first piece stamps its ``first_token_at`` (``now``:
+        the moment of the transaction's other stamps, e.g. the attempt's end)."""
         if not pieces:
             return
         self.env[CHUNK].create(
@@ -344,7 +346,7 @@ class JobStore:
         )
         firsts = [p.lease.attempt_id for p in pieces if p.first]
         if firsts:
-            self.env[ATTEMPT].browse(firsts).write({"first_token_at": _now()})
+            self.env[ATTEMPT].browse(firsts).write({"first_token_at": now or _now()})
         self.notifier.send_many(
             self.env.cr, PROGRESS, list(dict.fromkeys(p.lease.job_id for p in pieces))
         )
@@ -397,7 +399,7 @@ class JobStore:
         if not done:
             return False
         job.output_message_id.write(message_values)
-        self._log(tail)
+        self._log(tail, now)
         self._close_attempts(job, "completed", now, attempt_id=lease.attempt_id)
         self._signal(PROGRESS, [job.id])
         return True
