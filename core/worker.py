@@ -42,10 +42,12 @@ def run_worker(registry: Registry, cron_file: Path | None = None) -> None:
         for service in services:
             when_reachable(service.start, service.name, stop)
             started.append(service)
+        crons = next(s for s in services if isinstance(s, CronScheduler)).config
         _logger.warning(
-            "Worker %d running (%s); stop it with Ctrl-C or SIGTERM",
+            "Worker %d running (crons: %s; services: %s); stop it with Ctrl-C or SIGTERM",
             os.getpid(),
-            ", ".join(service.name for service in services),
+            ", ".join(e.name for e in crons.entries if e.active) or "none",
+            ", ".join(s.name for s in services if not isinstance(s, CronScheduler)) or "none",
         )
         stop.wait()
         _logger.warning("Stopping the worker (signal again to stop at once)...")
