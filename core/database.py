@@ -13,8 +13,10 @@ workers committed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import resource
 import sqlite3
 import threading
 import time
@@ -117,7 +119,8 @@ def transient_reason(error: BaseException) -> str | None:
     it is not one (a wrong statement, a constraint: retrying would fail the same way).
 
     Passing: a lost, refused or reset connection; the connection pool exhausted; SQLite's
-    write lock held by another process past the busy timeout; on PostgreSQL any operational
+    write lock held by another process past the busy timeout, or its files not opened while
+    the process is at its limit of open files; on PostgreSQL any operational
     error (server shutting down or restarting, deadlock, serialization failure, lock or
     statement timeout).
     """
@@ -131,10 +134,13 @@ def transient_reason(error: BaseException) -> str | None:
         return "lost the database connection"
     original = error.orig
     if isinstance(original, sqlite3.Error):
-        busy = isinstance(original, sqlite3.OperationalError) and any(
-            text in str(original).lower() for text in _SQLITE_BUSY
-        )
-        return "the database is locked by another process" if busy else None
+        text = str(original).lower()
+        operational = isinstance(original, sqlite3.OperationalError)
+        if operational and any(busy in text for busy in _SQLITE_BUSY):
+            return "the database is locked by another process"
+        if operational and "unable to open" in text and _out_of_files():
+            return "this process has as many files open as it may"
+        return None
     import psycopg
 
     if isinstance(original, psycopg.errors.TransactionRollback):
@@ -144,6 +150,17 @@ def transient_reason(error: BaseException) -> str | None:
     if isinstance(original, psycopg.OperationalError | psycopg.InterfaceError):
         return "lost the database connection"
     return None
+
+
+def _out_of_files() -> bool:
+    """Whether this process is at its limit of open files (SQLite then cannot open its
+    journal or a temporary file: a passing shortage, unlike a wrong path)."""
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError as error:  # no file left to list them with, or no /proc (not Linux)
+        return error.errno == errno.EMFILE
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft != resource.RLIM_INFINITY and open_now >= soft - 2
 
 
 def raise_if_unavailable(error: BaseException) -> None:

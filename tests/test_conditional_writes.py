@@ -2,7 +2,11 @@
 (``lock_for_update``), cache invalidation, and a database that goes away
 (``DatabaseUnavailable``)."""
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -241,3 +245,47 @@ def test_wrong_statements_are_not_unavailability(registry):
     with registry.environment() as env, pytest.raises(sa.exc.DBAPIError) as info:
         env.cr.execute(sa.text("SELECT * FROM no_such_table"))
     assert not isinstance(info.value, DatabaseUnavailable)
+
+
+OUT_OF_FILES = """
+import os, resource, sys
+from core import DatabaseUnavailable, Registry
+
+registry = Registry(sys.argv[1], addons_path=[sys.argv[2]], addons=["test_orm"])
+registry.engine.dispose()  # the next unit of work opens the database file
+soft = len(os.listdir("/proc/self/fd")) + 8
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(open(os.devnull))
+except OSError:
+    pass
+try:
+    with registry.environment() as env:
+        env["res.users"].search([])
+except DatabaseUnavailable as error:
+    print("unavailable:", error.reason)
+for handle in held:
+    handle.close()
+with registry.environment() as env:  # files again: the next unit of work goes through
+    print("then:", len(env["res.users"].search([])) > 0)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd (Linux)")
+def test_sqlite_short_of_open_files_is_unavailability_not_an_error(tmp_path):
+    """With every file descriptor taken, SQLite cannot open the database ('unable to open
+    database file'): back-pressure to retry, not a wrong path."""
+    url = f"sqlite:///{tmp_path / 'files.db'}"
+    Registry(url, addons_path=[TEST_ADDONS], addons=["test_orm"]).close()
+    done = subprocess.run(
+        [sys.executable, "-c", OUT_OF_FILES, url, str(TEST_ADDONS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "unavailable: this process has as many files open as it may" in done.stdout
+    assert "then: True" in done.stdout

@@ -91,6 +91,7 @@ class JobRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.concurrency = _streams_within_open_files(self.concurrency)
         with self.registry.environment() as env:
             self._provider_ids = self._resolve_queues(env)
             self._worker_id = (
@@ -98,7 +99,6 @@ class JobRunner:
                 .register(self.concurrency, self._provider_ids, BEAT_SECONDS)
                 .id
             )
-        _allow_open_files(2 * self.concurrency + 64)
         self.notifier.listen(*CHANNELS)
         self.notifier.watch_commits(QUEUED)  # SQLite: a job queued by another process
         self.engine.start()
@@ -260,19 +260,30 @@ class JobRunner:
             return None
 
 
-def _allow_open_files(needed: int) -> None:
-    """Raise this process's limit of open files to ``needed`` when it is lower (each stream
-    holds a socket), up to the hard limit; say so when even that is too low."""
+FILES_PER_STREAM = 2  # its socket, and a share of the database connections
+FILES_BESIDES = 64  # the database, the notifier, the logs, Python's own
+
+
+def _streams_within_open_files(concurrency: int) -> int:
+    """How many streams this process can hold at once, at most ``concurrency``: its limit of
+    open files is raised to what they need, up to the hard limit; when even that is too low,
+    fewer streams run (the other jobs wait in the queue) and the log says so."""
+    needed = FILES_PER_STREAM * concurrency + FILES_BESIDES
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= needed:
-        return
+        return concurrency
     target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < needed:
-        _logger.warning(
-            "The worker may open %d files at most (needed: %d for its concurrency); streams "
-            "beyond that are handed back. Raise the hard limit (ulimit -Hn) or lower "
-            "LLMJOBS_WORKER_CONCURRENCY.",
-            target,
-            needed,
-        )
+    if target >= needed:
+        return concurrency
+    allowed = max(1, (target - FILES_BESIDES) // FILES_PER_STREAM)
+    _logger.warning(
+        "The worker may open %d files at most (needed: %d for a concurrency of %d): it runs "
+        "%d jobs at once. Raise the hard limit (ulimit -Hn) or lower "
+        "LLMJOBS_WORKER_CONCURRENCY.",
+        target,
+        needed,
+        concurrency,
+        allowed,
+    )
+    return allowed

@@ -99,8 +99,9 @@ def start_workers(db_url, tmp_path):
     llmjobs = shutil.which("llmjobs", path=str(Path(sys.executable).parent))
     workers: list[subprocess.Popen] = []
 
-    def start(count=1, concurrency=8, lease=None, options=(), **extra):
-        """``options``: the main command's own (``-vv`` for debug logging)."""
+    def start(count=1, concurrency=8, lease=None, options=(), prefix=(), **extra):
+        """``options``: the main command's own (``-vv`` for debug logging); ``prefix``: a
+        command that runs the worker (e.g. ``prlimit --nofile=64:64``)."""
         started = []
         for _ in range(count):
             home = tmp_path / f"worker-{len(workers) + 1}"
@@ -116,7 +117,7 @@ def start_workers(db_url, tmp_path):
                 env["LLMJOBS_JOB_LEASE_SECONDS"] = str(lease)
             log = (home / "worker.log").open("wb")
             process = subprocess.Popen(
-                [llmjobs, *options, "worker"],
+                [*prefix, llmjobs, *options, "worker"],
                 env=env,
                 cwd=home,
                 stdout=log,

@@ -144,6 +144,15 @@ def test_threads_belong_to_their_user(api, setup):
         assert response.status_code == 404, (method, url, response.text)
         assert "Alice" not in response.text
     assert alice.get(f"/api/threads/{thread}").json()["name"] == "Alice's chat"
+    assert alice.get("/api/models").json() == [
+        {
+            "id": setup["model"],
+            "name": "sim-model",
+            "provider_id": setup["provider"],
+            "provider_name": "sim",
+            "default": True,
+        }
+    ]
 
     created = bob.post("/api/threads", json={"provider_id": setup["provider"], "name": "Bob's"})
     assert created.status_code == 201
@@ -201,6 +210,8 @@ def test_providers_are_for_managers_and_never_show_the_key(api, setup):
             "api_key_set": True,
         }
     ]
+    assert manager.get(f"/api/providers/{setup['provider']}").json() == listed[0]
+    assert manager.get("/api/providers/999").status_code == 404
     made = manager.post(
         "/api/providers", json={"name": "other", "service": "anthropic", "api_key": API_KEY}
     )
@@ -432,6 +443,8 @@ def test_queues_and_workers(api, setup, runner):
     [worker] = manager.get("/api/workers").json()
     assert worker["live"] is True and worker["slots"] == 4 and worker["running_jobs"] == 0
     assert alice.get("/api/queues/999").status_code == 404
+    one = alice.get(f"/api/queues/{queue['id']}", params={"window_hours": 1}).json()
+    assert one["performance"]["window_hours"] == 1 and one["max_concurrent_jobs"] == 9
 
 
 def test_the_openapi_document_covers_every_endpoint_and_error(api):
