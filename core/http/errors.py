@@ -75,6 +75,10 @@ def conflict(message: str) -> HTTPException:
     return HTTPException(409, message)
 
 
+# The refusals of the ORM and their statuses (a subclass not listed takes its parent's).
+_STATUS = {ValidationError: 422, AccessError: 403, MissingError: 404, UserError: 400}
+
+
 def _field_name(location: tuple) -> str:
     parts = [str(part) for part in location if part not in ("body",)]
     return ".".join(parts) or "body"
@@ -100,21 +104,12 @@ def install(app: FastAPI) -> None:
             {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
-    @app.exception_handler(ValidationError)
-    async def validation_error(request: Request, exc: ValidationError):
-        return JSONResponse({"detail": exc.message}, status_code=422)
+    async def refused(request: Request, exc: UserError):
+        status = next(_STATUS[kind] for kind in type(exc).__mro__ if kind in _STATUS)
+        return JSONResponse({"detail": exc.message}, status_code=status)
 
-    @app.exception_handler(AccessError)
-    async def access_error(request: Request, exc: AccessError):
-        return JSONResponse({"detail": exc.message}, status_code=403)
-
-    @app.exception_handler(MissingError)
-    async def missing_error(request: Request, exc: MissingError):
-        return JSONResponse({"detail": exc.message}, status_code=404)
-
-    @app.exception_handler(UserError)
-    async def user_error(request: Request, exc: UserError):
-        return JSONResponse({"detail": exc.message}, status_code=400)
+    for refusal in _STATUS:  # Starlette picks the handler of the nearest class
+        app.add_exception_handler(refusal, refused)
 
     @app.exception_handler(DatabaseUnavailable)
     async def database_unavailable(request: Request, exc: DatabaseUnavailable):
