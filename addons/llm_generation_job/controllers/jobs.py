@@ -27,43 +27,10 @@ from addons.llm_thread.controllers.threads import MessageOut, message_out
 from core.exceptions import UserError
 from core.http import CONFLICT, CurrentUser, conflict, visible_record
 
-from ..models.llm_generation_job import STATES
+from ..job_filter import JobFilter
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
-JobState = Literal[tuple(state for state, _label in STATES)]  # type: ignore[valid-type]
 BULK_LIMIT = 10_000
-
-
-class JobFilter(BaseModel):
-    state: list[JobState] | None = None
-    provider_id: int | None = None
-    model_id: int | None = None
-    user_id: int | None = None
-    thread_id: int | None = None
-    created_after: dt.datetime | None = None
-    created_before: dt.datetime | None = None
-    finished_after: dt.datetime | None = None
-    finished_before: dt.datetime | None = None
-    q: str | None = Field(None, max_length=200, description="Text in the job's error")
-
-    def domain(self) -> list:
-        terms: list = []
-        if self.state:
-            terms.append(("state", "in", list(self.state)))
-        for name in ("provider_id", "model_id", "user_id", "thread_id"):
-            if getattr(self, name) is not None:
-                terms.append((name, "=", getattr(self, name)))
-        for name, column, operator in (
-            ("created_after", "create_date", ">="),
-            ("created_before", "create_date", "<"),
-            ("finished_after", "completed_at", ">="),
-            ("finished_before", "completed_at", "<"),
-        ):
-            if getattr(self, name) is not None:
-                terms.append((column, operator, getattr(self, name)))
-        if self.q:
-            terms.append(("error_message", "ilike", self.q))
-        return terms
 
 
 class JobOut(BaseModel):

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from .follow import wait_finished
+from ..follow import wait_finished
 
 DEMO_PROVIDER = "demo-simulator"
 
@@ -36,7 +36,7 @@ def demo(obj, job_count: int, token_delay: float):
     """Run a queued generation end to end with a simulated provider and show the queue."""
     from addons.llm_thread.simulator import SimulatorServer
 
-    from .runner import JobRunner
+    from ..runner import JobRunner
 
     registry = obj.registry()
     with SimulatorServer("openai", tokens=40, token_delay=token_delay) as simulator:
@@ -144,6 +144,3 @@ def _run_batch(registry, provider_id: int, count: int) -> None:
     click.echo(f"  average wait:        {performance['avg_queue_time']:.2f} s")
     click.echo(f"  average processing:  {performance['avg_processing_time']:.2f} s")
     click.echo(f"  success rate:        {performance['success_rate']:.0f} %")
-
-
-commands = [demo]
