@@ -59,31 +59,9 @@ def database_url(backend: str, folder: Path) -> Iterator[str]:
         yield url
 
 
-@contextlib.contextmanager
-def served(app, log_level: str = "warning") -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port, in a thread; yields its base
-    URL (``http://127.0.0.1:<port>``). The server stops when the block ends."""
-    import socket
-    import threading
-    import time
+def served(app, log_level: str = "warning"):
+    """Serve an ASGI app with uvicorn on a free loopback port, in a thread (a context
+    manager yielding its base URL, ``http://127.0.0.1:<port>``)."""
+    from .http.server import serving
 
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=None))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("The test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    return serving(app, log_level=log_level)
