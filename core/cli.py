@@ -1,11 +1,12 @@
 """The ``llmjobs`` command line.
 
 Core commands live here; an addon adds its own by exposing ``commands`` (a list of click
-commands) in ``addons/<addon>/cli.py``. Commands that need the database get the registry from
-the context object (``ctx.obj.registry()``), built from ``--db-url`` / ``LLMJOBS_DB_URL`` and
-the project's addons plus the extra folders of ``LLMJOBS_ADDONS_PATH`` and ``--addons-path``
-(whose addons' commands are mounted too). A broken addon folder or command file, like any
-expected error, is one ``Error: ...`` line and exit status 1.
+commands) in ``addons/<addon>/cli.py`` or its ``cli/`` package. Commands that need the
+database get the registry from the context object (``ctx.obj.registry()``), built from
+``--db-url`` / ``LLMJOBS_DB_URL`` and the project's addons plus the extra folders of
+``LLMJOBS_ADDONS_PATH`` and ``--addons-path`` (whose addons' commands are mounted too). A
+broken addon folder or command file, like any expected error, is one ``Error: ...`` line and
+exit status 1.
 
 Logging goes to stderr, at WARNING (``-v`` INFO, ``-vv`` DEBUG). The HTTP libraries' debug
 lines (which may quote headers) stay at INFO, and every secret the process handles is
@@ -176,19 +177,22 @@ main.add_command(cron)
 
 
 def _mount_addon_commands(extra_addons: list[str]) -> None:
-    """Add the ``commands`` of every addon's ``cli.py`` to the main group."""
+    """Add the ``commands`` of every addon's ``cli.py`` (or ``cli/`` package) to the main
+    group."""
     folders = addon_loader.addon_search_path([addon_loader.PROJECT_ADDONS_DIR, *extra_addons])
     addon_loader.extend_import_path(folders)
     for folder in folders:
-        for cli_file in sorted(Path(folder).glob("*/cli.py")):
-            if not (cli_file.parent / "__manifest__.py").exists():
+        found = [*Path(folder).glob("*/cli.py"), *Path(folder).glob("*/cli/__init__.py")]
+        for cli_file in sorted(found):
+            addon = cli_file.parent if cli_file.name == "cli.py" else cli_file.parent.parent
+            if not (addon / "__manifest__.py").exists():
                 continue
             try:
-                module = importlib.import_module(f"addons.{cli_file.parent.name}.cli")
+                module = importlib.import_module(f"addons.{addon.name}.cli")
             except Exception as exc:
                 where = f", line {exc.lineno}" if isinstance(exc, SyntaxError) else ""
                 raise RegistryError(
-                    f"Addon '{cli_file.parent.name}': its command file {cli_file} cannot be "
+                    f"Addon '{addon.name}': its command file {cli_file} cannot be "
                     f"loaded ({type(exc).__name__}: {getattr(exc, 'msg', exc)}{where})."
                 ) from None
             for command in getattr(module, "commands", ()):

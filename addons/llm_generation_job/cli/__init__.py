@@ -1,5 +1,9 @@
 """Commands of the llm_generation_job addon, mounted on ``llmjobs`` by the core CLI."""
 
+from .chat import chat
 from .demo import demo
+from .jobs import jobs
+from .queues import queues
+from .workers import workers
 
-commands = [demo]
+commands = [demo, jobs, queues, workers, chat]

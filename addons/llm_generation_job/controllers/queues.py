@@ -88,6 +88,22 @@ def queue_out(queue, window_hours: float = 24) -> QueueOut:
     )
 
 
+def worker_out(worker) -> WorkerOut:
+    return WorkerOut(
+        id=worker.id,
+        name=worker.name,
+        host=worker.host,
+        pid=worker.pid,
+        live=worker.is_live,
+        started_at=worker.started_at,
+        last_beat_at=worker.last_beat_at or None,
+        stopped_at=worker.stopped_at or None,
+        slots=worker.slots,
+        running_jobs=worker.running_jobs,
+        queues=worker.provider_ids.sudo().mapped("name"),
+    )
+
+
 @router.get("/queues")
 def list_queues(
     user: CurrentUser, window_hours: float = Query(24, gt=0, le=24 * 31)
@@ -139,19 +155,4 @@ def list_workers(
     with user.environment(readonly=True) as env:
         domain = [] if include_stopped else [("is_live", "=", True)]
         workers = env["llm.generation.worker"].search(domain, order="id desc")
-        return [
-            WorkerOut(
-                id=w.id,
-                name=w.name,
-                host=w.host,
-                pid=w.pid,
-                live=w.is_live,
-                started_at=w.started_at,
-                last_beat_at=w.last_beat_at or None,
-                stopped_at=w.stopped_at or None,
-                slots=w.slots,
-                running_jobs=w.running_jobs,
-                queues=w.provider_ids.sudo().mapped("name"),
-            )
-            for w in workers
-        ]
+        return [worker_out(w) for w in workers]

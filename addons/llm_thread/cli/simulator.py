@@ -1,5 +1,4 @@
-"""Commands of the llm_thread addon, mounted on ``llmjobs`` by the core CLI: ``llmjobs
-simulator`` serves a loopback provider to point providers at instead of real ones."""
+"""``llmjobs simulator``: a loopback provider to point providers at instead of real ones."""
 
 from __future__ import annotations
 
@@ -55,7 +54,7 @@ def simulator(
     e.g. "[sim:status=429 retry_after=2]" or "[sim:cut_after=5]". Counters are at
     GET /_sim/stats.
     """
-    from .simulator import SimulatorServer
+    from ..simulator import SimulatorServer
 
     server = SimulatorServer(
         protocol,
@@ -78,6 +77,3 @@ def simulator(
         click.echo("Simulator stopped.")
     except OSError as error:
         raise click.ClickException(f"Cannot listen on {host}:{port}: {error}") from error
-
-
-commands: list[click.Command] = [simulator]
