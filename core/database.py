@@ -8,7 +8,12 @@ the single-node equivalent of row locking. Transactions must therefore stay shor
 readers use read-only cursors, which begin DEFERRED and, under WAL, never block writers.
 
 PostgreSQL goes through psycopg 3 at READ COMMITTED: each new transaction sees what other
-workers committed.
+workers committed. The server ends a session that sits idle inside a transaction for longer
+than ``LLMJOBS_PG_IDLE_TRANSACTION_TIMEOUT`` seconds (15; 0: never), rolling it back: a process
+cut off from the network, or frozen, in the middle of a transaction would otherwise keep its
+row locks for as long as the server cannot tell it from a slow one, and nobody could take its
+work over. Keep it below the job lease; units of work never wait idle that long inside a
+transaction.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ READONLY_OPTION = "llmjobs_readonly"
 # Connections open lazily; the ceiling must cover a busy worker (about two per running job:
 # the stream's read-only cursor and a short one for each progress write).
 POOL_OPTIONS = {"pool_size": 10, "max_overflow": 40}
+PG_IDLE_TRANSACTION_TIMEOUT = float(os.environ.get("LLMJOBS_PG_IDLE_TRANSACTION_TIMEOUT", "15"))
 
 
 def normalize_url(url: str) -> str:
@@ -60,10 +66,22 @@ def create_engine(url: str, **options) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed, **options)
     if backend == "postgresql":
+        parsed = _with_session_settings(parsed)
         return sa.create_engine(parsed, **{**POOL_OPTIONS, "pool_pre_ping": True, **options})
     raise RegistryError(
         f"Unsupported database '{backend}': use SQLite or PostgreSQL (got {_redacted(url)})."
     )
+
+
+def _with_session_settings(url: sa.URL) -> sa.URL:
+    """``url`` whose sessions end an idle transaction (see the module docstring), added to
+    the ``options`` the URL may give already (a ``search_path``, say)."""
+    if PG_IDLE_TRANSACTION_TIMEOUT <= 0:
+        return url
+    timeout = f"-c idle_in_transaction_session_timeout={int(PG_IDLE_TRANSACTION_TIMEOUT * 1000)}"
+    given = url.query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return url.update_query_dict({"options": f"{given} {timeout}".strip()})
 
 
 def _redacted(url: str) -> str:
