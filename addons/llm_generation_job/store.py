@@ -20,8 +20,10 @@ What it guarantees, whoever calls and however many at once:
   failure is queued anew.
 - **Recovery.** A lease that expired (its worker died, froze or lost the database) is taken
   back: the attempt is recorded as lost and the job requeued as a new attempt (counted as a
-  retry), or failed when it has none left. A hand-back (the worker stops, or cannot go on) is
-  requeued at once and not counted.
+  retry), or failed when it has none left. A job whose worker is no longer live (its beats
+  stopped) can be taken back the same way before its lease expires (``take_back_orphans``):
+  the old owner's every write is fenced by the lease, so it writes nothing more. A hand-back
+  (the worker stops, or cannot go on) is requeued at once and not counted.
 - **The stream log.** A reply is logged as it streams (``append``: a row per flushed piece,
   numbered per job, fenced like every other write: the job rows are locked first); the
   message body is written once, at the end, from the same pieces, so it equals the log. A new
@@ -56,7 +58,7 @@ _logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = float(os.environ.get("LLMJOBS_JOB_LEASE_SECONDS", "30"))
 JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.generation.queue"
-CHUNK = "llm.generation.job.chunk"
+CHUNK, WORKER = "llm.generation.job.chunk", "llm.generation.worker"
 ACTIVE_STATES = ("queued", "running")
 FINISHED_STATES = ("completed", "failed", "cancelled")
 CLAIM_ORDER = "priority desc, queued_at, id"
@@ -108,6 +110,19 @@ class Lease:
     job_id: int
     token: str
     attempt_id: int
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A running job that no live worker holds (``JobStore.orphans``): its lease expired
+    (``expired``), or its worker is no longer live (``last_beat_at``: that worker's last beat)
+    though the lease runs until ``expires_at``."""
+
+    job_id: int
+    worker: str | None  # host:pid of its running attempt
+    expires_at: dt.datetime
+    expired: bool
+    last_beat_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -505,39 +520,115 @@ class JobStore:
         for job in expired.lock_for_update(skip_locked=True):
             if job.state != "running" or not job.lease_token or job.lease_expires_at >= now:
                 continue  # renewed or finished since the search
-            condition = [("state", "=", "running"), ("lease_token", "=", job.lease_token)]
-            if job.cancel_requested:
-                self._close(
-                    job,
-                    condition,
-                    "cancelled",
-                    attempt_outcome="lost",
-                    error="Cancelled while running (its worker was gone).",
-                )
-            elif job.retry_count < job.max_retries:
-                job.write_where(
-                    condition,
-                    {
-                        "state": "queued",
-                        "started_at": False,
-                        "retry_count": job.retry_count + 1,
-                        **_CLEARED_LEASE,
-                    },
-                )
-                self._close_attempts(job, "lost", now, error=LOST)
-                self._signal(QUEUED, [job.provider_id.id])
-                self._signal(PROGRESS, [job.id])
-            else:
-                self._close(
-                    job,
-                    condition,
-                    "failed",
-                    error=f"{LOST} Gave up after {_attempts(job.retry_count + 1)}.",
-                    error_kind="retryable",
-                    attempt_outcome="lost",
-                )
-            taken += 1
+            if self._take_back(job, now, LOST):
+                taken += 1
         return taken
+
+    def orphans(self, now: dt.datetime | None = None) -> list[Orphan]:
+        """The running jobs that no live worker holds: their lease expired, or the worker of
+        their running attempt is no longer live (it died or froze; its lease has not expired
+        yet). A worker is known by its row (``llm.generation.worker``): an attempt whose
+        worker has none (a script's ``action_start``) is not presumed dead."""
+        return self._orphans(
+            self.jobs.search(
+                [("state", "=", "running"), ("lease_token", "!=", False)], order="started_at, id"
+            ),
+            now or _now(),
+        )
+
+    def _orphans(self, jobs, now: dt.datetime) -> list[Orphan]:
+        """The orphans among ``jobs`` (running, each holding a lease)."""
+        attempts = self.env[ATTEMPT].search(
+            [("job_id", "in", jobs.ids), ("outcome", "=", "running")]
+        )
+        worker_of = {attempt.job_id.id: attempt.worker or None for attempt in attempts}
+        names = sorted({name for name in worker_of.values() if name})
+        rows = self.env[WORKER].search([("name", "in", names)], order="last_beat_at")
+        live = {row.name for row in rows if row.is_live}
+        last_beats = {row.name: row.last_beat_at or None for row in rows if row.name not in live}
+        found = []
+        for job in jobs:
+            worker = worker_of.get(job.id)
+            expired = job.lease_expires_at < now
+            if expired or worker in last_beats:
+                found.append(
+                    Orphan(
+                        job_id=job.id,
+                        worker=worker,
+                        expires_at=job.lease_expires_at,
+                        expired=expired,
+                        last_beat_at=last_beats.get(worker),
+                    )
+                )
+        return found
+
+    def take_back_orphans(self) -> list[tuple[Orphan, str]]:
+        """Take back the running jobs of ``orphans()`` now, without waiting for the leases of
+        dead workers to expire: each is requeued as a new attempt in its old place in line
+        (the lost attempt recorded, counted as a retry), or failed when out of retries, or
+        cancelled when that was asked. Safe even when a worker presumed dead still runs: each
+        job is taken by a compare-and-set on its lease, and every later write of the old
+        owner is fenced by that lease, so it writes nothing more. Jobs are looked at again
+        once their rows are locked (a worker that beat again meanwhile keeps its jobs).
+        Returns each job taken back with its new state (queued, failed or cancelled)."""
+        now = _now()
+        candidates = self.jobs.browse([orphan.job_id for orphan in self.orphans(now)])
+        locked = candidates.lock_for_update(skip_locked=True)
+        locked = locked.filtered(lambda job: job.state == "running" and job.lease_token)
+        taken = []
+        for orphan in self._orphans(locked, now):
+            if orphan.expired:
+                lost = LOST
+            else:
+                lost = (
+                    f"Its worker {orphan.worker} stopped beating (it died or froze) before its "
+                    "lease expired."
+                )
+            state = self._take_back(self.jobs.browse(orphan.job_id), now, lost)
+            if state:
+                taken.append((orphan, state))
+        return taken
+
+    def _take_back(self, job, now: dt.datetime, lost: str) -> str | None:
+        """Take the running ``job`` (its row locked) from its worker, which is gone: requeue it
+        in its old place in line, or fail it when out of retries (cancel it when that was
+        asked); ``lost`` says what happened, on the attempt. Returns the job's new state, or
+        None when its lease changed meanwhile."""
+        condition = [("state", "=", "running"), ("lease_token", "=", job.lease_token)]
+        if job.cancel_requested:
+            cancelled = self._close(
+                job,
+                condition,
+                "cancelled",
+                attempt_outcome="lost",
+                error="Cancelled while running (its worker was gone).",
+            )
+            return "cancelled" if cancelled else None
+        if job.retry_count < job.max_retries:
+            requeued = job.write_where(
+                condition,
+                {
+                    "state": "queued",
+                    "started_at": False,
+                    "retry_count": job.retry_count + 1,
+                    **_CLEARED_LEASE,
+                },
+            )
+            if not requeued:
+                return None
+            self._close_attempts(job, "lost", now, error=lost)
+            self._signal(QUEUED, [job.provider_id.id])
+            self._signal(PROGRESS, [job.id])
+            return "queued"
+        failed = self._close(
+            job,
+            condition,
+            "failed",
+            error=f"{lost} Gave up after {_attempts(job.retry_count + 1)}.",
+            error_kind="retryable",
+            attempt_outcome="lost",
+        )
+        return "failed" if failed else None
 
     def retry_due(self) -> int:
         """Requeue the failed jobs whose automatic retry is due (their queue still retrying

@@ -2,8 +2,9 @@
 
 from .chat import chat
 from .demo import demo
+from .diagnostics import diagnostics
 from .jobs import jobs
 from .queues import queues
 from .workers import workers
 
-commands = [demo, jobs, queues, workers, chat]
+commands = [demo, jobs, queues, workers, chat, diagnostics]

@@ -3,10 +3,11 @@ queued, resumable), jobs, queues, workers and /metrics (see core/http)."""
 
 from fastapi import APIRouter
 
-from . import generate, jobs, metrics, queues
+from . import generate, jobs, metrics, overview, queues
 
 router = APIRouter()
 router.include_router(generate.router)
 router.include_router(jobs.router)
 router.include_router(queues.router)
 router.include_router(metrics.router)
+router.include_router(overview.router)

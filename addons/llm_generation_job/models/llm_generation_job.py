@@ -78,7 +78,9 @@ class GenerationJob(models.Model):
     priority = fields.Integer(default=DEFAULT_PRIORITY, index=True, help="Higher runs first")
     retry_count = fields.Integer(default=0)
     max_retries = fields.Integer(default=3)
-    next_retry_at = fields.Datetime(help="When a failed job will be retried automatically")
+    next_retry_at = fields.Datetime(
+        index=True, help="When a failed job will be retried automatically"
+    )
     error_message = fields.Text()
     error_kind = fields.Selection([("retryable", "Retryable"), ("permanent", "Permanent")])
     queued_at = fields.Datetime(index=True, help="When it first entered the queue")

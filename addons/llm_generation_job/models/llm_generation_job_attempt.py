@@ -25,7 +25,7 @@ class GenerationJobAttempt(models.Model):
         help="When its first piece of reply was committed, for followers to see (time to first "
         "token: this minus started_at, to within a writer flush)"
     )
-    ended_at = fields.Datetime()
+    ended_at = fields.Datetime(index=True)  # the windows of the overview and diagnostics
     outcome = fields.Selection(OUTCOMES, default="running", required=True)
     error_message = fields.Text()
     duration = fields.Float(compute="_compute_duration", store=True, help="Seconds")
