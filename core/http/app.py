@@ -2,7 +2,9 @@
 
 An addon serves HTTP by providing a ``controllers`` package (next to its ``__manifest__.py``)
 that exposes ``router``, a FastAPI ``APIRouter``; routers are included in addon order. The
-OpenAPI document is at ``/openapi.json`` (and browsable at ``/docs``).
+OpenAPI document is at ``/openapi.json`` (and browsable at ``/docs``). An addon's
+``templates/`` and ``static/`` folders serve its pages (core/http/pages.py): core mounts each
+``static/`` at ``/static/<addon>``.
 
 ``services`` (e.g. an embedded job worker, see core/services.py) start with the app and stop
 with it.
@@ -19,7 +21,7 @@ from fastapi import APIRouter, FastAPI
 
 from core.exceptions import RegistryError
 
-from . import errors
+from . import errors, pages
 
 if TYPE_CHECKING:
     from core.registry import Registry
@@ -67,6 +69,7 @@ def create_app(registry: Registry, services: Sequence[Service] = ()) -> FastAPI:
     )
     app.state.registry = registry
     errors.install(app)
+    pages.install(app, registry)
     for router in addon_routers(registry):
         app.include_router(router)
     return app

@@ -14,6 +14,9 @@ anything else              500     ``detail`` with a reference to the server's l
 
 No response carries a stack trace, SQL or a secret: unexpected errors are logged (redacted,
 core.redaction) and answered with a reference only.
+
+The pages (paths under ``/web``, core/http/pages.py) get the same statuses as HTML error
+pages, and a page that needs a login redirects to the login page.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.exceptions import (
@@ -35,6 +39,8 @@ from core.exceptions import (
     UserError,
     ValidationError,
 )
+
+from . import pages
 
 _logger = logging.getLogger(__name__)
 
@@ -84,6 +90,24 @@ def _field_name(location: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def _answer(
+    request: Request,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
+) -> Response:
+    """JSON for the API, an HTML error page for the pages."""
+    if pages.is_page_path(request.url.path):
+        if status == 404 and detail == "Not Found":  # routing's: no such page
+            detail = f"There is no page at {request.url.path}."
+        return pages.error_page(request, status, detail, headers)
+    body: dict[str, Any] = {"detail": detail}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn exceptions into the responses above."""
 
@@ -94,26 +118,27 @@ def install(app: FastAPI) -> None:
             for error in exc.errors()
         ]
         names = ", ".join(dict.fromkeys(error["field"] for error in errors))
-        return JSONResponse(
-            {"detail": f"Invalid input: {names}.", "errors": errors}, status_code=422
-        )
+        return _answer(request, 422, f"Invalid input: {names}.", errors=errors)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse(
-            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-        )
+    # Starlette's own class: routing's 404 and 405 are answered here too.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _answer(request, exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(pages.LoginRequired)
+    async def login_required(request: Request, exc: pages.LoginRequired):
+        return pages.login_redirect(exc.next_path)
 
     async def refused(request: Request, exc: UserError):
         status = next(_STATUS[kind] for kind in type(exc).__mro__ if kind in _STATUS)
-        return JSONResponse({"detail": exc.message}, status_code=status)
+        return _answer(request, status, exc.message)
 
     for refusal in _STATUS:  # Starlette picks the handler of the nearest class
         app.add_exception_handler(refusal, refused)
 
     @app.exception_handler(DatabaseUnavailable)
     async def database_unavailable(request: Request, exc: DatabaseUnavailable):
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return _answer(request, 503, str(exc), {"Retry-After": "1"})
 
     app.add_middleware(_UnexpectedErrors)
 
@@ -151,4 +176,8 @@ class _UnexpectedErrors:
             if started:  # the answer has begun: there is nothing left to say
                 return
             detail = f"Internal error; the server's log has the details (reference {reference})."
-            await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)
+            if pages.is_page_path(scope.get("path", "")):
+                html = pages.error_html(scope["app"], 500, detail)
+                await HTMLResponse(html, status_code=500)(scope, receive, send)
+            else:
+                await JSONResponse({"detail": detail}, status_code=500)(scope, receive, send)

@@ -4,7 +4,7 @@ By default (``make run``) it starts a simulated OpenAI-compatible provider on lo
 web app with a worker in this process (``llmjobs serve --with-worker``: the job runner and
 the crons), prints the dashboard's address and a login, streams one queued reply to the
 terminal, then keeps a trickle of jobs flowing (some failing and retried, some failing for
-good) until Ctrl-C, so that every part of the dashboard has something to show.
+good) until Ctrl-C (or SIGTERM), so that every part of the dashboard has something to show.
 
 ``--once`` runs one streamed reply and a batch of jobs, prints the queue's statistics and
 exits: for scripts and tests.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -197,7 +198,9 @@ def _new_password(registry) -> str:
 
 def _stream_one(registry, thread_id: int) -> None:
     click.secho(f"\nyou> {PROMPT}", bold=True)
-    with registry.environment() as env:
+    with registry.environment(readonly=True) as env:
+        uid = env["llm.thread"].browse(thread_id).user_id.id
+    with registry.environment(user=uid) as env:  # the thread's user: their job
         thread = env["llm.thread"].browse(thread_id)
         for update in thread.generate_response(PROMPT, use_queue=True):
             kind = update["type"]
@@ -229,6 +232,7 @@ def _run_live(
             )
         else:
             click.secho("\nServing until Ctrl-C.", bold=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops like Ctrl-C
         try:
             while True:
                 if interval:

@@ -89,7 +89,7 @@ def test_demo_serves_the_dashboard_streams_a_reply_and_keeps_traffic_flowing(tmp
             assert queue_row["provider_name"] == "demo-simulator"
             assert queue_row["live_workers"] == 1
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # as Ctrl-C (SIGINT) does: hand back, then exit
         status = process.wait(60)
     wait_for(lines, seen, r"^Stopping", 5)
     assert status == 0

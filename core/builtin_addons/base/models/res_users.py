@@ -72,6 +72,9 @@ class Users(models.Model):
     def set_password(self, password: str) -> None:
         if not password or len(password) < 8:
             raise ValidationError("A password needs at least 8 characters.")
+        problem = fields.text_problem(password)  # scrypt hashes its UTF-8 bytes
+        if problem:
+            raise ValidationError(f"A password cannot hold {problem}.")
         self.write({"password_hash": hash_password(password)})
 
     @api.model
@@ -86,6 +89,11 @@ class Users(models.Model):
         """Whether the user is in the group (directly or through an implied group)."""
         self.ensure_one()
         return self.id == SUPERUSER_ID or xml_id in self._group_xml_ids()
+
+    def is_manager(self) -> bool:
+        """Whether the user manages the system: sees the manager pages and forms. Here the
+        administrators; addons add the groups of their managers (``_inherit``)."""
+        return self.has_group("base.group_system")
 
     def _group_xml_ids(self) -> frozenset[str]:
         self.ensure_one()

@@ -1,0 +1,106 @@
+"""The queues: each one's configuration and statistics for everyone; for LLM managers, a form
+to change its limit and retry policy, and pause and resume.
+
+::
+
+    GET  /web/queues
+    POST /web/queues/{id}                 (managers) limit, retry policy, attempt deadline
+    POST /web/queues/{id}/pause|resume    (managers)
+
+The form is checked by the API's own ``QueuePatch`` and written by ``queue.write`` as the
+manager; what is refused is shown on the page, next to the queue's form.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import pydantic
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from addons.llm_generation_job.controllers.queues import QueuePatch, queue_out
+from core.exceptions import UserError
+from core.http import PageUser, render, visible_record
+
+from .common import ManagerPage, field_errors, form_refusal, without_blanks
+
+router = APIRouter()
+QUEUE = "llm.generation.queue"
+LABELS = {
+    "max_concurrent_jobs": "Limit",
+    "retry_delay_minutes": "Retry delay",
+    "attempt_deadline_seconds": "Attempt deadline",
+    "auto_retry_failed": "Automatic retries",
+}
+
+
+def _queues_page(
+    request: Request,
+    user,
+    editing: int | None = None,
+    values: dict | None = None,
+    errors: dict[str, str] | None = None,
+) -> Response:
+    with user.environment(readonly=True) as env:
+        queues = [queue_out(queue) for queue in env[QUEUE].search([])]
+    return render(
+        request,
+        "llm_dashboard/queues.html",
+        status_code=422 if errors else 200,
+        queues=queues,
+        editing=editing,
+        values=values or {},
+        errors=errors or {},
+    )
+
+
+@router.get("/web/queues")
+def queues_page(request: Request, user: PageUser) -> Response:
+    return _queues_page(request, user)
+
+
+@router.post("/web/queues/{queue_id}")
+def update_queue(
+    request: Request,
+    user: ManagerPage,
+    queue_id: int,
+    max_concurrent_jobs: Annotated[str, Form()] = "",
+    retry_delay_minutes: Annotated[str, Form()] = "",
+    attempt_deadline_seconds: Annotated[str, Form()] = "",
+    auto_retry_failed: Annotated[bool, Form()] = False,
+) -> Response:
+    """Save a queue's form (every field of it: an unticked box is "no")."""
+    values = {
+        "max_concurrent_jobs": max_concurrent_jobs,
+        "retry_delay_minutes": retry_delay_minutes,
+        "attempt_deadline_seconds": attempt_deadline_seconds,
+        "auto_retry_failed": auto_retry_failed,
+    }
+    missing = {name: f"{LABELS[name]}: enter a number." for name in values if values[name] == ""}
+    if missing:
+        return _queues_page(request, user, queue_id, values, missing)
+    try:
+        patch = QueuePatch.model_validate(without_blanks(values))
+    except pydantic.ValidationError as error:
+        return _queues_page(request, user, queue_id, values, field_errors(error, LABELS))
+    try:
+        with user.environment() as env:
+            queue = visible_record(env, QUEUE, queue_id, "Queue")
+            queue.write(patch.model_dump(exclude_none=True))
+    except UserError as error:
+        return _queues_page(request, user, queue_id, values, {"form": form_refusal(error)})
+    return RedirectResponse(f"/web/queues#queue-{queue_id}", status_code=303)
+
+
+@router.post("/web/queues/{queue_id}/{action}")
+def pause_or_resume(
+    user: ManagerPage, queue_id: int, action: Literal["pause", "resume"]
+) -> Response:
+    with user.environment() as env:
+        queue = visible_record(env, QUEUE, queue_id, "Queue")
+        if action == "pause":
+            queue.action_disable()
+        else:
+            queue.action_enable()
+    return RedirectResponse(f"/web/queues#queue-{queue_id}", status_code=303)
