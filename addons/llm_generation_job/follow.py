@@ -14,8 +14,10 @@ job starts as soon as a worker does. A failed attempt with a retry to come is a 
     {'type': 'job_status', 'job_id': 7, 'state': 'retrying', 'retry_at': '2026-...',
      'message': "Provider 'p' failed: HTTP 503 ... Retrying at 10:42:07 UTC (attempt 2 of 4)."}
 
-and the new attempt's reply follows (a ``message_update`` shows the reply starting over). The
-follower ends with the job: ``done``, ``cancelled``, or ``error`` once no retry is left. While
+and the new attempt's reply follows (a ``message_update`` shows the reply starting over). A
+failure retried before the follower looked (a retry due at once) is shown the same way, once
+the new attempt is seen, with the moment it started as ``retry_at``. The follower ends with
+the job: ``done``, ``cancelled``, or ``error`` once no retry is left. While
 the database is unavailable it says so once, keeps looking, less often, and goes on when the
 database is back.
 
@@ -66,6 +68,10 @@ class _Look:
     error: str
     retry_at: dt.datetime | None
     chunks: list[dict[str, Any]]  # the stream log after the last seq seen
+    attempts: int  # how many attempts the job has had
+    # The latest failed attempt that was retried: its number, its error, and when the next
+    # attempt started.
+    retried: tuple[int, str, dt.datetime] | None
 
     @property
     def retry_pending(self) -> bool:
@@ -80,6 +86,12 @@ def _look(env, job_id: int, after_seq: int) -> _Look:
     chunks = env["llm.generation.job.chunk"].search(
         [("job_id", "=", job_id), ("seq", ">", after_seq)], order="seq"
     )
+    attempts = job.attempt_ids
+    failed = [i for i, attempt in enumerate(attempts[:-1]) if attempt.outcome == "failed"]
+    retried = None
+    if failed:
+        attempt, following = attempts[failed[-1]], attempts[failed[-1] + 1]
+        retried = (attempt.number, attempt.error_message or "", following.started_at)
     return _Look(
         state=state,
         position=job._queue_position() if queued else None,
@@ -88,6 +100,8 @@ def _look(env, job_id: int, after_seq: int) -> _Look:
         error=job.error_message or "",
         retry_at=(job.next_retry_at or None) if job.error_kind == "retryable" else None,
         chunks=chunks.read(["seq", "kind", "content", "attempt"]),
+        attempts=len(attempts),
+        retried=retried,
     )
 
 
@@ -104,6 +118,8 @@ def follow_job(env, job_id: int, after_seq: int = 0) -> Iterator[dict[str, Any]]
     notifier.watch_commits(PROGRESS)  # SQLite: a worker in another process
     poll = POLL_INTERVAL.get(registry.dialect, 1.0)
     last_status: tuple | None = None
+    first_attempt: int | None = None  # the job's attempt when following began
+    retries_shown: set[int] = set()  # attempts whose failure was shown as a retry
     announced = False
     outage_delay: float | None = None
     while True:
@@ -125,6 +141,21 @@ def follow_job(env, job_id: int, after_seq: int = 0) -> Iterator[dict[str, Any]]
             continue
         outage_delay = None
         state, message_data = look.state, look.message
+        if first_attempt is None:
+            first_attempt = look.attempts
+        if look.retry_pending:
+            retries_shown.add(look.attempts)
+        elif look.retried and look.retried[0] >= first_attempt:
+            number, error, retried_at = look.retried
+            if number not in retries_shown:  # retried before this follower saw it fail
+                retries_shown.add(number)
+                yield {
+                    "type": "job_status",
+                    "job_id": job_id,
+                    "state": "retrying",
+                    "retry_at": retried_at.isoformat(),
+                    "message": error,
+                }
         status = (state, look.position, bool(look.workers), look.retry_at)
         if status != last_status and (state in ("queued", "running") or look.retry_pending):
             yield _status_update(job_id, look)

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from addons.llm_generation_job.follow import follow_job, wait_finished
+from addons.llm_generation_job.store import JobStore
 from addons.llm_thread.simulator import reply_text
 
 from .conftest import make_provider, streaming
@@ -49,6 +50,34 @@ def test_a_follower_resumes_from_a_sequence_number(registry, runner, sim_thread)
     assert resumed[-1]["type"] == "done"
     assert text_after_last_restart(log) == body  # the final body equals the log
     assert [row["seq"] for row in log] == list(range(1, len(log) + 1))
+
+
+def test_a_follower_sees_a_retry_that_happened_before_it_looked(registry, sim_thread):
+    """A retry due at once (no delay) can be done before the follower looks again: it must
+    still show as a retry, not as a reply that silently started over."""
+    with registry.environment() as env:
+        job = env["llm.generation.job"].create(
+            {"thread_id": sim_thread, "generation_inputs": {"prompt": "hi"}}
+        )
+        job.action_queue()
+        job_id, provider_id = job.id, job.provider_id.id
+        env["llm.generation.queue"]._get_or_create_queue(provider_id).retry_delay_minutes = 0
+    with registry.environment(readonly=True) as env:
+        updates = follow_job(env, job_id)
+        assert next(updates)["state"] == "queued"
+    with registry.environment() as env:
+        store = JobStore(env)
+        [lease] = store.claim(provider_id, "worker-1")
+        assert store.fail(lease, "HTTP 503 from the provider", retryable=True)
+    with registry.environment() as env:
+        assert JobStore(env).retry_due() == 1
+        [lease] = JobStore(env).claim(provider_id, "worker-2")
+    retrying = next(updates)
+    assert (retrying["type"], retrying["state"]) == ("job_status", "retrying")
+    assert "HTTP 503 from the provider" in retrying["message"]
+    assert "Retrying at" in retrying["message"]
+    assert next(updates)["state"] == "running"
+    updates.close()
 
 
 def test_a_new_attempt_after_a_killed_one_shows_as_a_restart(
