@@ -18,8 +18,8 @@ run: install
 	$(BIN)/llmjobs demo
 
 # Lint, then every test (PostgreSQL tests need LLMJOBS_TEST_PG_URL; .ci/run provides it):
-# the quick ones two at a time, then the multi-process ones (marked slow) alone, since they
-# time workers, leases and restarts on the machine's cores.
+# the quick ones and the browser ones two at a time, then the multi-process ones (marked slow)
+# alone, since they time workers, leases and restarts on the machine's cores.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -16,7 +16,7 @@ from core.testing import database_url
 
 from .conftest import screenshot
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.browser
 SLOW_REPLY = "[sim:tokens=40 token_delay=0.06]"
 
 

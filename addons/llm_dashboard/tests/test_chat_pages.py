@@ -43,7 +43,7 @@ def watch_reply(page, timeout: float = 20.0) -> list[int]:
     raise AssertionError(f"the reply did not finish; lengths seen: {lengths}")
 
 
-@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("mode", ["queue", "direct"])
 def test_a_user_converses_and_watches_the_reply_stream_in(site, runner, alice_page, mode):
@@ -80,7 +80,7 @@ def test_a_user_converses_and_watches_the_reply_stream_in(site, runner, alice_pa
         assert "completed" in page.locator("#thread-jobs").inner_text()
 
 
-@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_stop_cancels_a_queued_reply_and_a_reopened_page_follows_a_running_one(
     site, runner, alice_page
