@@ -62,8 +62,9 @@ def read_manifest(addon_dir: Path) -> Manifest:
     manifest_file = addon_dir / "__manifest__.py"
     technical_name = addon_dir.name
     try:
-        values = ast.literal_eval(manifest_file.read_text(encoding="utf-8"))
-    except (SyntaxError, ValueError) as exc:
+        # utf-8-sig: a byte order mark, as some editors write one, is not part of the dict
+        values = ast.literal_eval(manifest_file.read_text(encoding="utf-8-sig"))
+    except (SyntaxError, ValueError, TypeError, RecursionError) as exc:  # TypeError: {[1]: 2}
         raise RegistryError(
             f"Addon '{technical_name}': {manifest_file} is not a valid manifest "
             f"(it must be one Python dict literal): {exc}"

@@ -13,7 +13,12 @@ also match records where the field is not set, as in Odoo; ``'!'`` is the comple
 records its operand does not match, unset fields included). ``like``/``ilike`` look for the
 value as a substring (its ``%`` and ``_`` are literal); ``=like``/``=ilike`` take a pattern.
 Dotted paths follow Many2one, One2many and Many2many fields. Values are always bound
-parameters, never spliced into SQL.
+parameters, never spliced into SQL, and are checked first against the field, so that a bad one
+is a ``DomainError`` naming the term on either database: strings (without NUL characters or
+lone surrogates) for text and selection fields, numbers for numeric ones, ids in the INTEGER
+range for ids and relations; the ``like`` operators take text fields, booleans take ``=``,
+``!=``, ``in`` and ``not in`` (False is a value, an unset field counts as False), and JSON and
+binary fields are only searched for being set or not.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .exceptions import DomainError
+from .fields import INTEGER_RANGE, text_problem
 
 if TYPE_CHECKING:
     from .models import BaseModel
@@ -49,6 +55,10 @@ TERM_OPERATORS = frozenset(
 )
 TRUE_TERM = (1, "=", 1)
 FALSE_TERM = (0, "=", 1)
+TEXT_TYPES = frozenset(("char", "text", "selection"))
+# Fields whose values are not compared in SQL the same way on both databases: they can only
+# be searched for being set or not.
+SET_OR_NOT_TYPES = frozenset(("json", "binary"))
 
 
 def _is_term(token: Any) -> bool:
@@ -125,7 +135,7 @@ def _compile_term(model: BaseModel, term: tuple) -> sa.ColumnElement[bool]:
         return sa.true()
     if term == FALSE_TERM or (path == 0 and operator == "=" and value == 1):
         return sa.false()
-    if not isinstance(path, str) or not path:
+    if not isinstance(path, str) or not all(path.split(".")):
         raise DomainError(f"Invalid field path {path!r} in domain term {term!r}.")
     if not isinstance(operator, str):
         raise DomainError(f"Invalid operator {operator!r} in domain term {term!r}.")
@@ -207,13 +217,24 @@ def _compile_x2many(model, field, comodel, operator, value, term) -> sa.ColumnEl
 def _ids_of(value: Any, term: tuple) -> list[int]:
     if hasattr(value, "_ids"):
         return list(value._ids)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, list | tuple | set | frozenset) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        return list(value)
+    values = [value] if isinstance(value, int) else value
+    if isinstance(values, list | tuple | set | frozenset) and all(_is_integer(v) for v in values):
+        return [_in_range(v, term) for v in values]
     raise DomainError(f"Domain term {term!r}: expected record ids, got {value!r}.")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _in_range(value: int, term: tuple) -> int:
+    low, high = INTEGER_RANGE
+    if not low <= value <= high:
+        raise DomainError(
+            f"Domain term {term!r}: {value} is out of range for an integer column "
+            f"({low} to {high})."
+        )
+    return value
 
 
 def _param(field, value: Any, term: tuple) -> Any:
@@ -223,9 +244,11 @@ def _param(field, value: Any, term: tuple) -> Any:
             if len(value._ids) != 1:
                 raise DomainError(f"Domain term {term!r}: compare with one record at a time.")
             return value._ids[0]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if _is_integer(value):
+            return _in_range(value, term)
         raise DomainError(f"Domain term {term!r}: expected a record id, got {value!r}.")
+    if field.type in TEXT_TYPES:
+        return _text(value, term)
     if field.type in ("date", "datetime"):
         try:
             return field.convert_to_column(field._convert(value))
@@ -235,10 +258,24 @@ def _param(field, value: Any, term: tuple) -> Any:
             ) from None
     if field.type == "boolean":
         return bool(value)
-    if field.type in ("integer", "float") and (
-        isinstance(value, bool) or not isinstance(value, int | float)
-    ):
-        raise DomainError(f"Domain term {term!r}: expected a number, got {value!r}.")
+    if field.type in ("integer", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise DomainError(f"Domain term {term!r}: expected a number, got {value!r}.")
+        if field.type == "integer" and isinstance(value, int):
+            return _in_range(value, term)
+        try:
+            return float(value)
+        except OverflowError:
+            raise DomainError(f"Domain term {term!r}: {value} is too large a number.") from None
+    return value
+
+
+def _text(value: Any, term: tuple) -> str:
+    if not isinstance(value, str):
+        raise DomainError(f"Domain term {term!r}: expected a string, got {value!r}.")
+    problem = text_problem(value)
+    if problem:
+        raise DomainError(f"Domain term {term!r}: the string holds {problem}.")
     return value
 
 
@@ -246,9 +283,40 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _boolean_in(column, operator: str, value: Any, term: tuple) -> sa.ColumnElement[bool]:
+    """``in``/``not in`` on a boolean: False is a value like True, and unset counts as False
+    (as with ``=``)."""
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise DomainError(f"Domain term {term!r}: '{operator}' takes a list of values.")
+    wanted = {bool(v) for v in value}
+    if operator == "not in":
+        wanted = {True, False} - wanted
+    clauses = [column.is_(True)] if True in wanted else []
+    if False in wanted:
+        clauses.append(sa.not_(sa.func.coalesce(column, False)))
+    return sa.or_(*clauses) if clauses else sa.false()
+
+
 def _compare(model, field, column, operator, value, term) -> sa.ColumnElement[bool]:
     empty = value is False or value is None
     is_bool = field is not None and field.type == "boolean"
+    kind = "integer" if field is None else field.type
+    subject = "the id" if field is None else f"field '{field.name}'"
+    if kind in SET_OR_NOT_TYPES and not (operator in ("=", "!=") and empty):
+        raise DomainError(
+            f"Domain term {term!r}: field '{field.name}' holds {kind} data; it can only be "
+            "compared with False (= False: not set, != False: set)."
+        )
+    if is_bool and operator not in ("=", "!=", "in", "not in"):
+        raise DomainError(
+            f"Domain term {term!r}: field '{field.name}' is a boolean; use =, !=, in or not in."
+        )
+    if "like" in operator and kind not in TEXT_TYPES:
+        raise DomainError(
+            f"Domain term {term!r}: '{operator}' compares text, and {subject} is {kind}."
+        )
+    if is_bool and operator in ("in", "not in"):
+        return _boolean_in(column, operator, value, term)
     if operator in ("in", "not in"):
         if hasattr(value, "_ids"):
             value = list(value._ids)
@@ -273,6 +341,7 @@ def _compare(model, field, column, operator, value, term) -> sa.ColumnElement[bo
     if "like" in operator:
         if not isinstance(value, str):
             raise DomainError(f"Domain term {term!r}: '{operator}' takes a string.")
+        _text(value, term)
         pattern = value if operator.startswith("=") else f"%{_escape_like(value)}%"
         escape = None if operator.startswith("=") else "\\"
         matcher = column.ilike if "ilike" in operator else column.like

@@ -302,7 +302,7 @@ class Environment(Mapping):
             record = self(su=True)[model_name].search([("xml_id", "=", xml_id)], limit=1)
             if record:
                 return record.with_env(self)
-        raise RegistryError(f"No record has the external id '{xml_id}'.")
+        raise RegistryError(f"No record has the external id {xml_id!r}.")
 
     def user_group_xml_ids(self) -> frozenset[str]:
         """External ids of the current user's groups, implied groups included (cached)."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from .models import BaseModel
 
 _UNSET: Any = object()
+# Integer, Many2one and id columns are INTEGER: 32 bits on PostgreSQL, whatever SQLite takes.
+INTEGER_RANGE = (-(2**31), 2**31 - 1)
 
 
 class Field:
@@ -155,8 +159,51 @@ class Field:
         record.write({self.name: value})
 
 
+def _out_of_range(field: Field, value: int) -> ValidationError | None:
+    low, high = INTEGER_RANGE
+    if low <= value <= high:
+        return None
+    return ValidationError(
+        f"Field '{field.name}' of '{field.model_name}' holds integers from {low} to {high}, "
+        f"got {_short_repr(value)}."
+    )
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored as text on every database (None when it can): a NUL
+    character (PostgreSQL refuses it) or a lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in text:
+        return "a NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a lone surrogate (not valid Unicode)"
+    return None
+
+
+def _json_text_problem(value: Any) -> str | None:
+    """``text_problem`` of the first string of a JSON value (keys included) that has one."""
+    pending = [value]  # a stack, not recursion: JSON may nest deeper than Python recurses
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
+
+
 def _short_repr(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # nested deeper than repr() goes
+        text = reprlib.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -181,9 +228,12 @@ class Integer(Field):
 
     def _convert(self, value):
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise self.type_error(value, "an integer")
+            if not (isinstance(value, float) and value.is_integer()):
+                raise self.type_error(value, "an integer")
+            value = int(value)
+        error = _out_of_range(self, value)
+        if error:
+            raise error
         return value
 
 
@@ -196,7 +246,13 @@ class Float(Field):
     def _convert(self, value):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.type_error(value, "a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):  # NaN and infinities: no JSON, and no order for NaN
+            raise self.type_error(value, "a finite number")
+        return number
 
 
 class Char(Field):
@@ -210,6 +266,9 @@ class Char(Field):
     def _convert(self, value):
         if not isinstance(value, str):
             raise self.type_error(value, "a string")
+        problem = text_problem(value)
+        if problem:
+            raise ValidationError(f"Field '{self.name}' of '{self.model_name}' holds {problem}.")
         size = self.args.get("size")
         if size and len(value) > size:
             raise ValidationError(
@@ -371,9 +430,13 @@ class Json(Field):
         try:
             # A round trip copies the value (no aliasing with the caller's dict) and proves
             # it serialisable before it reaches the database.
-            return json.loads(json.dumps(value, allow_nan=False))
-        except (TypeError, ValueError) as exc:
+            copy = json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError, RecursionError) as exc:
             raise self.type_error(value, f"JSON data ({exc})") from None
+        problem = _json_text_problem(copy)
+        if problem:
+            raise self.type_error(value, f"JSON data; one of its strings holds {problem}")
+        return copy
 
 
 class Binary(Field):
@@ -406,6 +469,9 @@ class Secret(Field):
             return value
         if not isinstance(value, str):
             raise self.type_error(value, "a string")
+        problem = text_problem(value)
+        if problem:  # the value itself is not shown: it is a secret
+            raise ValidationError(f"Field '{self.name}' of '{self.model_name}' holds {problem}.")
         redaction.remember(value)
         return SecretStr(value)
 
@@ -532,6 +598,9 @@ class Many2one(_Relational):
         if isinstance(value, bool):
             raise self.type_error(value, "a record id or a record")
         if isinstance(value, int):
+            error = _out_of_range(self, value)
+            if error:
+                raise error
             return value
         if hasattr(value, "_ids") and getattr(value, "_name", None) == self.comodel_name:
             if len(value._ids) > 1:

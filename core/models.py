@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+import reprlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from . import security
 from .domain import AND, compile_domain
 from .exceptions import AccessError, MissingError, UserError, ValidationError
-from .fields import UNSET, Command, Field, default_value
+from .fields import INTEGER_RANGE, UNSET, Command, Field, default_value
 
 if TYPE_CHECKING:
     from .environment import Environment
@@ -121,11 +122,17 @@ class BaseModel:
             ids = ()
         elif isinstance(ids, int):
             ids = (ids,)
-        else:
+        elif isinstance(ids, Iterable):
             ids = tuple(ids)
+        else:
+            ids = (ids,)  # refused below
+        low, high = INTEGER_RANGE
         for id_ in ids:
-            if not isinstance(id_, int) or isinstance(id_, bool):
-                raise ValidationError(f"browse() takes record ids, got {id_!r}.")
+            if not isinstance(id_, int) or isinstance(id_, bool) or not low <= id_ <= high:
+                raise ValidationError(
+                    f"browse() takes record ids (integers from {low} to {high}), "
+                    f"got {reprlib.repr(id_)}."
+                )
         return self._browse(ids)
 
     def with_env(self, env: Environment) -> BaseModel:

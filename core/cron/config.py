@@ -19,6 +19,7 @@ its line. Workers with other addons, sharing a database, use cron files of their
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 KEYS = ("name", "model", "method", "interval", "args", "user", "active")
 _REQUIRED = ("name", "model", "method", "interval")
 _INTERVAL = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day)s?\s*$")
+MAX_INTERVAL_SECONDS = 365 * 86400
 
 
 @dataclass(frozen=True)
@@ -104,14 +106,20 @@ def load_cron_file(registry: Registry, path: Path | None = None) -> CronConfig:
 
 def _parse_file(path: Path) -> list[CronEntry]:
     """Every entry of the file, well-formed and with unique names (models not checked)."""
-    loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
     try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{path} is not UTF-8 text: {exc}.") from None
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         data = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as exc:
         raise RegistryError(f"{path} is not valid YAML: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if data is None:
         return []
     if not isinstance(data, list):
@@ -147,15 +155,31 @@ def _parse_entry(item: Any, where: str) -> CronEntry:
     for key in ("name", "model", "method", "user"):
         if key in item and not isinstance(item[key], str):
             raise RegistryError(f"{label}: {key} must be a string, not {item[key]!r}.")
+        if key in item and not item[key].isprintable():
+            raise RegistryError(
+                f"{label}: {key} {item[key]!r} holds control characters; use printable text."
+            )
     match = _INTERVAL.match(str(item["interval"]))
     if not match or int(match.group(1)) <= 0:
         raise RegistryError(
             f"{label}: interval {item['interval']!r} must be 'N seconds', 'N minutes', "
             "'N hours' or 'N days' with N > 0 (e.g. '30 seconds')."
         )
+    if int(match.group(1)) * UNIT_SECONDS[match.group(2) + "s"] > MAX_INTERVAL_SECONDS:
+        raise RegistryError(f"{label}: interval {item['interval']!r} is longer than 365 days.")
     args = item.get("args") or {}
-    if not isinstance(args, dict):
-        raise RegistryError(f"{label}: args must be a mapping of keyword arguments.")
+    if not isinstance(args, dict) or not all(isinstance(key, str) for key in args):
+        raise RegistryError(
+            f"{label}: args must be a mapping of keyword arguments (names are strings)."
+        )
+    try:
+        json.dumps(args, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(
+            f"{label}: args must be JSON data (strings, numbers...): {exc}."
+        ) from None
+    if _holds_nul(args):
+        raise RegistryError(f"{label}: args hold a NUL character, which JSON columns refuse.")
     active = item.get("active", True)
     if not isinstance(active, bool):
         raise RegistryError(f"{label}: active must be true or false, not {active!r}.")
@@ -170,3 +194,11 @@ def _parse_entry(item: Any, where: str) -> CronEntry:
         user=item.get("user"),
         active=active,
     )
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    return isinstance(value, list) and any(_holds_nul(item) for item in value)

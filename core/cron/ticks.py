@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..exceptions import RegistryError
+from ..fields import text_problem
 from .config import UNIT_SECONDS
 
 if TYPE_CHECKING:
@@ -125,9 +126,10 @@ def run_now(registry: Registry, name: str) -> Outcome:
         query = _select(table).where(table.c.name == name)
         if lock.dialect == "postgresql":
             query = query.with_for_update()
-        row = lock.execute(query).first()
+        # A name the driver cannot send (a NUL, a lone surrogate) is no cron's name.
+        row = None if text_problem(name) else lock.execute(query).first()
         if row is None:
-            raise RegistryError(f"No scheduled action named '{name}' (see `llmjobs cron list`).")
+            raise RegistryError(f"No scheduled action named {name!r} (see `llmjobs cron list`).")
         if row.model_name not in registry.models:
             raise RegistryError(
                 f"Cron '{name}': model '{row.model_name}' is not loaded (check --addons-path)."

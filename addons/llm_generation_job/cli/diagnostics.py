@@ -12,6 +12,8 @@ monitoring scripts. ``--json`` prints the diagnosis as one object (with ``fixed`
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from core.console import is_terminal, json_option, print_json, print_table, text
@@ -19,6 +21,13 @@ from core.console import is_terminal, json_option, print_json, print_table, text
 from .. import monitoring
 
 CLEANUP_DAYS = 7  # as the cleanup cron of cron.yaml
+MAX_WINDOW_HOURS = 24 * 31  # as the HTTP API's /api/diagnostics
+
+
+def _not_nan(ctx: click.Context, param: click.Parameter, hours: float) -> float:
+    if math.isnan(hours):  # NaN passes every range check
+        raise click.BadParameter("nan is not a number of hours.", ctx, param)
+    return hours
 
 
 @click.command("diagnostics")
@@ -36,7 +45,8 @@ CLEANUP_DAYS = 7  # as the cleanup cron of cron.yaml
 )
 @click.option(
     "--errors-since-hours",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, max=MAX_WINDOW_HOURS, min_open=True),
+    callback=_not_nan,
     default=24,
     show_default=True,
     help="The window of the failure rates and recurring errors.",

@@ -46,7 +46,10 @@ class Moment(click.ParamType):
         ago = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value.strip())
         if ago:
             seconds = float(ago.group(1)) * _UNITS[ago.group(2)]
-            return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+            try:
+                return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+            except OverflowError:
+                self.fail(f"'{value}' reaches back further than dates go.", param, ctx)
         try:
             moment = dt.datetime.fromisoformat(value.strip())
         except ValueError:

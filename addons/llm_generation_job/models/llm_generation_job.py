@@ -141,6 +141,8 @@ class GenerationJob(models.Model):
         if "generation_inputs" in vals:
             self._check_inputs(vals["generation_inputs"])
         if "model_id" in vals:
+            model_id = self._fields["model_id"].convert_to_cache(vals["model_id"]) or False
+            vals = {**vals, "model_id": model_id}  # one id (or the field's type error)
             for job in self:
                 job._check_model(vals["model_id"], job.provider_id.id)
         return super().write(vals)
@@ -162,7 +164,9 @@ class GenerationJob(models.Model):
             return
         if "max_retries" in vals:
             raise AccessError("Only LLM managers may set 'max_retries' of a generation job.")
-        if (vals.get("priority") or DEFAULT_PRIORITY) > DEFAULT_PRIORITY:
+        priority = vals.get("priority") or DEFAULT_PRIORITY
+        # A priority that is not a number gets the field's own type error when it is written.
+        if isinstance(priority, int | float) and priority > DEFAULT_PRIORITY:
             raise AccessError(
                 f"Only LLM managers may give a generation job a 'priority' above "
                 f"{DEFAULT_PRIORITY} (the default); lower ones are yours to set."
@@ -192,6 +196,9 @@ class GenerationJob(models.Model):
     def _complete_from_thread(self, vals: dict) -> None:
         """The thread must be writable by the user; provider and model are the thread's (a
         model of that provider may be chosen); the input message must be of the thread."""
+        for name in ("thread_id", "provider_id", "model_id", "input_message_id"):
+            if name in vals:  # one id each, or the field's own type error, before they are used
+                vals[name] = self._fields[name].convert_to_cache(vals[name]) or False
         if not vals.get("thread_id"):
             return  # the required field's own error follows
         thread = self.env["llm.thread"].browse(vals["thread_id"])

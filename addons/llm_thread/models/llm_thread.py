@@ -158,7 +158,7 @@ class LLMThread(models.Model):
                 )
             try:
                 json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 raise ValidationError(
                     f"Generation option '{name}' must be JSON data (a number, string, list "
                     f"or object, no NaN), got {type(value).__name__}."

@@ -93,6 +93,7 @@ class Decoder:
 
     def __init__(self, provider: str, api_key: str | None):
         self.provider, self.api_key = provider, api_key
+        self.shapes = transport.Shapes(provider, api_key)
         self.done = False
         self.started = False
         self.stop_reason: str | None = None
@@ -107,24 +108,31 @@ class Decoder:
         kind = data.get("type") or event.event
         if kind == "error":
             raise errors.from_stream_error(self.provider, data.get("error"), self.api_key)
+        shapes = self.shapes
         if kind == "message_start":
             self.started = True
-            message = data.get("message") or {}
-            self.metadata.update({key: message[key] for key in ("id", "model") if message.get(key)})
-            usage = message.get("usage") or {}
-            counts = [usage[name] for name in _INPUT_TOKEN_FIELDS if usage.get(name) is not None]
+            message = shapes.object(data.get("message"), "message_start's message")
+            self.metadata.update(transport.metadata(message, ("id", "model")))
+            usage = shapes.object(message.get("usage"), "message_start's usage")
+            counts = [transport.count(usage.get(name)) for name in _INPUT_TOKEN_FIELDS]
+            counts = [count for count in counts if count is not None]
             self.prompt_tokens = sum(counts) if counts else None
         elif not self.started:
             raise errors.malformed(
                 self.provider, f"'{kind}' event before message_start", self.api_key
             )
         elif kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            if delta.get("type") == "text_delta" and delta.get("text"):
-                return [TextDelta(delta["text"])]
+            delta = shapes.object(data.get("delta"), "content_block_delta's delta")
+            if delta.get("type") == "text_delta":
+                text = shapes.text(delta.get("text"), "a text_delta's text")
+                if text:
+                    return [TextDelta(text)]
         elif kind == "message_delta":
-            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
-            output = (data.get("usage") or {}).get("output_tokens")
+            delta = shapes.object(data.get("delta"), "message_delta's delta")
+            reason = shapes.text(delta.get("stop_reason"), "stop_reason")
+            self.stop_reason = reason or self.stop_reason
+            usage = shapes.object(data.get("usage"), "message_delta's usage")
+            output = transport.count(usage.get("output_tokens"))
             self.completion_tokens = output if output is not None else self.completion_tokens
         elif kind == "message_stop":
             self.done = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 from http import HTTPStatus
 from typing import Any
@@ -33,6 +34,7 @@ PERMANENT_ERROR_TYPES = frozenset(
     }
 )
 _MAX_BODY_TEXT = 300
+MAX_RETRY_AFTER = 86400.0  # seconds; a longer Retry-After is read as this
 
 
 class ProviderError(Exception):
@@ -114,26 +116,36 @@ def parse_retry_after(
     """Seconds to wait, from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or an
     HTTP-date); None when absent or unreadable."""
     headers = httpx.Headers(headers)
-    milliseconds = headers.get("retry-after-ms")
+    milliseconds = _number(headers.get("retry-after-ms"))
     if milliseconds is not None:
-        try:
-            return max(float(milliseconds) / 1000, 0.0)
-        except ValueError:
-            pass
+        return _bounded(milliseconds / 1000)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    seconds = _number(value)
+    if seconds is not None:
+        return _bounded(seconds)
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if moment.tzinfo is None:
         return None
-    return max(moment.timestamp() - (time.time() if now is None else now), 0.0)
+    return _bounded(moment.timestamp() - (time.time() if now is None else now))
+
+
+def _number(text: str | None) -> float | None:
+    """A finite number of ``text`` (not NaN, not an infinity), else None."""
+    try:
+        number = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _bounded(seconds: float) -> float:
+    """A wait from 0 to MAX_RETRY_AFTER seconds: a provider asking for longer gets a day."""
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def error_message(body: bytes | str) -> str | None:
@@ -143,7 +155,7 @@ def error_message(body: bytes | str) -> str | None:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         data = None
     return _payload_message(data) or text.strip()[:_MAX_BODY_TEXT] or None
 
@@ -206,7 +218,7 @@ def from_stream_error(provider: str, payload: Any, api_key: str | None) -> Provi
     return ProviderError(
         provider,
         f"Error in the stream: {message}",
-        retryable=error_type not in PERMANENT_ERROR_TYPES,
+        retryable=not isinstance(error_type, str) or error_type not in PERMANENT_ERROR_TYPES,
         api_key=api_key,
     )
 

@@ -78,6 +78,7 @@ class Decoder:
 
     def __init__(self, provider: str, api_key: str | None):
         self.provider, self.api_key = provider, api_key
+        self.shapes = transport.Shapes(provider, api_key)
         self.done = False
         self.last: dict[str, Any] = {}
 
@@ -88,15 +89,21 @@ class Decoder:
         if data.get("error"):
             raise errors.from_stream_error(self.provider, data["error"], self.api_key)
         self.last, self.done = data, bool(data.get("done"))
-        content = (data.get("message") or {}).get("content")
+        message = self.shapes.object(data.get("message"), "message")
+        content = self.shapes.text(message.get("content"), "a message's content")
         return [TextDelta(content)] if content else []
 
     def finish(self) -> list[StreamEvent]:
         if not self.done:
             raise errors.incomplete(self.provider)
         data = self.last
-        metadata = {key: data[key] for key in _FINAL_METADATA if data.get(key) is not None}
         return [
-            Usage(data.get("prompt_eval_count"), data.get("eval_count")),
-            Finish(data.get("done_reason"), metadata),
+            Usage(
+                transport.count(data.get("prompt_eval_count")),
+                transport.count(data.get("eval_count")),
+            ),
+            Finish(
+                self.shapes.text(data.get("done_reason"), "done_reason"),
+                transport.metadata(data, _FINAL_METADATA),
+            ),
         ]

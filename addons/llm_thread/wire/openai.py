@@ -65,6 +65,7 @@ class Decoder:
 
     def __init__(self, provider: str, api_key: str | None):
         self.provider, self.api_key = provider, api_key
+        self.shapes = transport.Shapes(provider, api_key)
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -78,16 +79,22 @@ class Decoder:
         if chunk.get("error"):
             raise errors.from_stream_error(self.provider, chunk["error"], self.api_key)
         if len(self.metadata) < len(_METADATA):  # the same in every chunk: read until all seen
-            self.metadata.update({key: chunk[key] for key in _METADATA if chunk.get(key)})
-        found: list[StreamEvent] = []
-        for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
+            self.metadata.update(transport.metadata(chunk, _METADATA))
+        shapes, found = self.shapes, []
+        for choice in shapes.list(chunk.get("choices"), "choices"):
+            choice = shapes.object(choice, "a choice")
+            delta = shapes.object(choice.get("delta"), "a choice's delta")
+            content = shapes.text(delta.get("content"), "a delta's content")
             if content:
                 found.append(TextDelta(content))
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            reason = shapes.text(choice.get("finish_reason"), "finish_reason")
+            self.finish_reason = reason or self.finish_reason
+        usage = shapes.object(chunk.get("usage"), "usage")
+        if usage:
+            self.usage = Usage(
+                transport.count(usage.get("prompt_tokens")),
+                transport.count(usage.get("completion_tokens")),
+            )
         return found
 
     def finish(self) -> list[StreamEvent]:

@@ -7,13 +7,15 @@ A protocol module is sans-IO: ``chat_request(...)`` says what to send, and its `
 turns what comes back (server-sent events or NDJSON lines) into stream events. The two
 drivers do the I/O the same way: open the stream, feed the decoder until its terminal event,
 read the rest of the body (so the connection goes back to the pool), then give the decoder's
-final events (usage, finish).
+final events (usage, finish). Decoders read the values they use through ``Shapes``: one of
+the wrong type is a malformed stream, and texts come out storable (``clean_text``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+import math
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -211,7 +213,7 @@ def get_object(
 def decode_json(text: str, *, provider: str, api_key: str | None) -> Any:
     try:
         return json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise errors.malformed(provider, f"invalid JSON {text[:100]!r}", api_key) from error
 
 
@@ -230,3 +232,62 @@ def endpoint(api_base: str, path: str) -> str:
 def model_entry(name: str) -> dict[str, str]:
     """A model as ``list_models`` returns it; its use guessed from its name."""
     return {"name": name, "model_use": "embedding" if "embed" in name.lower() else "chat"}
+
+
+class Shapes:
+    """Reading the values a decoder uses from a stream's JSON: one of the wrong type is a
+    malformed stream (permanent), named by its place (``what``); texts come out storable."""
+
+    def __init__(self, provider: str, api_key: str | None):
+        self.provider, self.api_key = provider, api_key
+
+    def object(self, value: Any, what: str) -> dict[str, Any]:
+        """A JSON object; absent (None) reads as an empty one."""
+        return self._expect(value, dict, "an object", what, {})
+
+    def list(self, value: Any, what: str) -> list[Any]:
+        """A JSON array; absent (None) reads as an empty one."""
+        return self._expect(value, list, "an array", what, [])
+
+    def text(self, value: Any, what: str) -> str | None:
+        """A string (storable: see ``clean_text``), or None."""
+        found = self._expect(value, str, "a string", what, None)
+        return None if found is None else clean_text(found)
+
+    def _expect(self, value: Any, kind: type, name: str, what: str, empty: Any) -> Any:
+        if value is None:
+            return empty
+        if not isinstance(value, kind):
+            shown = json.dumps(value)[:60]
+            raise errors.malformed(
+                self.provider, f"{what} must be {name}, got {shown}", self.api_key
+            )
+        return value
+
+
+def count(value: Any) -> int | None:
+    """A token count: a non-negative integer, else None (counts only inform)."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def metadata(data: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The values of ``keys`` that are set and plain (strings, numbers, booleans), texts made
+    storable."""
+    found: dict[str, Any] = {}
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            found[key] = clean_text(value)
+        elif isinstance(value, int | float) and math.isfinite(value):
+            found[key] = value
+    return found
+
+
+def clean_text(text: str) -> str:
+    """``text`` with what no database stores as text replaced by U+FFFD: NUL characters and
+    lone surrogates (a JSON string may hold both)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
