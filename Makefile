@@ -18,12 +18,15 @@ run: install
 	$(BIN)/llmjobs demo
 
 # Lint, then every test (PostgreSQL tests need LLMJOBS_TEST_PG_URL; .ci/run provides it):
-# the quick ones and the browser ones two at a time, then the multi-process ones (marked slow)
-# alone, since they time workers, leases and restarts on the machine's cores.
+# the quick ones two at a time, then the browser ones two at a time in processes of their own
+# (Playwright's driver keeps an event loop running in its process), then the multi-process
+# ones (marked slow) alone, since they time workers, leases and restarts on the machine's
+# cores.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -n 2 -m "not slow"
+	$(BIN)/pytest -n 2 -m "not slow and not browser"
+	$(BIN)/pytest -n 2 -m browser
 	$(BIN)/pytest -m slow
 
 lint: install
