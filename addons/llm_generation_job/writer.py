@@ -126,6 +126,13 @@ class Writer:
         for stream in flowing:
             self._unsaved.pop(stream, None)
         for stream, result in results.items():
+            if result == "lost":
+                _logger.warning(
+                    "Generation job %s is no longer this worker's (its lease expired or it was "
+                    "taken back): the end of its attempt was refused, and another attempt "
+                    "gives the reply",
+                    stream.lease.job_id,
+                )
             self._done(stream, result)
         for lease in dict.fromkeys(lost):
             self.engine.abort(lease, "fenced")

@@ -175,3 +175,5 @@ def test_a_frozen_worker_cannot_write_after_its_lease_expired(
             later = log.filtered(lambda c: c.attempt == 2)
             assert later and min(later.mapped("seq")) > max(frozen_pieces.mapped("seq") or [0])
     assert frozen.poll() is None  # alive, and it went on serving
+    refused = frozen.log.read_text().count("is no longer this worker's")
+    assert refused >= 1, "the thawed worker's log does not say its late writes were refused"
