@@ -219,6 +219,7 @@ def page_as(browser, site):
 
     yield make
     for context in contexts:
+        context.unroute_all(behavior="wait")  # a page still loading is recorded first
         context.close()
 
 
