@@ -1,13 +1,25 @@
-"""Fixtures shared by every test: a fresh database per test on SQLite and on PostgreSQL."""
+"""Fixtures shared by every test: a fresh database per test on SQLite and on PostgreSQL; and
+the property tests' hypothesis profile (reproducible: the same examples every run, nothing
+kept between runs, no deadline on a shared machine)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from core import Registry
 from core.testing import PG_URL_VARIABLE, database_url, postgres_base_url, postgres_required
+
+settings.register_profile(
+    "llmjobs",
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile("llmjobs")
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

@@ -15,7 +15,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core import Registry
@@ -24,13 +24,7 @@ from core.cron import load_cron_file, sync_rows
 from core.database import normalize_url
 from core.exceptions import RegistryError
 
-PROPERTY = settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+PROPERTY = settings(max_examples=100)  # the "llmjobs" profile: conftest.py
 ROW_FIELDS = ("name", "model_name", "method", "interval_number", "interval_type", "args", "active")
 
 # -- cron files -------------------------------------------------------------------------------

@@ -16,19 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.domain import TERM_OPERATORS
 from core.exceptions import DomainError
 
-PROPERTY = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+PROPERTY = settings(max_examples=300)  # the "llmjobs" profile: conftest.py
 
 # The records the domains run against: unset values, empty strings, a parent chain and tags,
 # so that every documented edge (unset fields, negative operators, paths) has a witness.

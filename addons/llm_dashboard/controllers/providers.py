@@ -23,6 +23,7 @@ from addons.llm_thread.controllers.providers import (
     ProviderIn,
     ProviderPatch,
     provider_out,
+    provider_values,
 )
 from core.exceptions import UserError
 from core.http import render, visible_record
@@ -121,12 +122,9 @@ def create_provider(
         body = ProviderIn.model_validate(without_blanks({**values, "api_key": api_key}))
     except pydantic.ValidationError as error:
         return _form_page(request, user, None, values, field_errors(error, LABELS))
-    fields = body.model_dump(exclude_none=True)
-    if body.api_key is not None:
-        fields["api_key"] = body.api_key.get_secret_value()
     try:
         with user.environment() as env:
-            provider = env[PROVIDER].create(fields)
+            provider = env[PROVIDER].create(provider_values(body, exclude_unset=False))
             provider_id = provider.id
     except UserError as error:
         return _form_page(request, user, None, values, {"form": form_refusal(error)})

@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core import Registry
 from core.cli import _mount_addon_commands, main
 from core.exceptions import DatabaseUnavailable, RegistryError, UserError
 
-PROPERTY = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+PROPERTY = settings(max_examples=40)  # the "llmjobs" profile: conftest.py
 SHOWN_AS_ONE_LINE = (RegistryError, UserError, DatabaseUnavailable)  # by core.cli.run
 STATES = ["draft", "queued", "running", "completed", "failed", "cancelled"]
 

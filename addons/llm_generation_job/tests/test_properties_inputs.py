@@ -11,7 +11,7 @@ they were before.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from addons.llm_generation_job.store import STORE_FIELDS
@@ -19,13 +19,7 @@ from core.exceptions import UserError
 
 from .conftest import make_provider
 
-PROPERTY = settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+PROPERTY = settings(max_examples=100)  # the "llmjobs" profile: conftest.py
 COUNTED = (
     "llm.generation.job",
     "llm.message",

@@ -67,7 +67,9 @@ def provider_out(provider) -> ProviderOut:
     )
 
 
-def _values(body: BaseModel, exclude_unset: bool) -> dict[str, Any]:
+def provider_values(body: BaseModel, exclude_unset: bool) -> dict[str, Any]:
+    """The record's values of a ``ProviderIn`` / ``ProviderPatch``: the key as its plain text
+    (an empty one: removed)."""
     values = body.model_dump(exclude_unset=exclude_unset, exclude_none=not exclude_unset)
     if "api_key" in values:
         key = values["api_key"]
@@ -84,7 +86,7 @@ def list_providers(user: Manager) -> list[ProviderOut]:
 @router.post("", status_code=201)
 def create_provider(body: ProviderIn, user: Manager) -> ProviderOut:
     with user.environment() as env:
-        return provider_out(env["llm.provider"].create(_values(body, exclude_unset=False)))
+        return provider_out(env["llm.provider"].create(provider_values(body, exclude_unset=False)))
 
 
 @router.get("/{provider_id}")
@@ -97,7 +99,7 @@ def read_provider(provider_id: int, user: Manager) -> ProviderOut:
 def update_provider(provider_id: int, body: ProviderPatch, user: Manager) -> ProviderOut:
     with user.environment() as env:
         provider = visible_record(env, "llm.provider", provider_id, "Provider")
-        values = _values(body, exclude_unset=True)
+        values = provider_values(body, exclude_unset=True)
         if values:
             provider.write(values)
         return provider_out(provider)

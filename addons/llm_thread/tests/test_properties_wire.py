@@ -17,7 +17,7 @@ import math
 
 import httpx
 from httpx_sse import ServerSentEvent
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from addons.llm_thread.wire import PROTOCOLS, transport
@@ -25,13 +25,7 @@ from addons.llm_thread.wire.errors import ProviderError, parse_retry_after
 from addons.llm_thread.wire.events import Finish, TextDelta, Usage
 from core.fields import text_problem
 
-PROPERTY = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+PROPERTY = settings(max_examples=300)  # the "llmjobs" profile: conftest.py
 KEY = "sk-prop-5c0ffee5c0ffee5c0ffee"
 PROVIDER = "prop"
 REQUEST = {"api_base": "http://provider.test/v1", "model": "m", "messages": []}
