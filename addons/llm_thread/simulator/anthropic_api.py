@@ -11,6 +11,7 @@ from .dialect import (
     Dialect,
     Generation,
     InvalidRequest,
+    bearer_token,
     request_object,
     sse,
     text_of,
@@ -40,7 +41,8 @@ class AnthropicDialect(Dialect):
     id_prefix = "msg_sim"
 
     def given_key(self, headers: Any) -> str | None:
-        return headers.get("x-api-key") or None
+        # The SDK's newer versions send the key as a bearer token on some endpoints.
+        return headers.get("x-api-key") or bearer_token(headers)
 
     def unauthorized(self, given: str | None) -> dict[str, Any]:
         return _error(

@@ -19,9 +19,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .anthropic_api import AnthropicDialect
+from .batches import BatchBook, BatchClock, batch_routes
 from .dialect import Dialect, Generation, default_message
 from .ollama_api import OllamaDialect
 from .openai_api import OpenAIDialect
+from .responses import response_routes
 from .scenario import Scenario
 from .stats import COMPLETED, FAULT, Outcome, Stats
 
@@ -36,11 +38,14 @@ class SimulatedCut(Exception):
 
 class SimulatorState:
     """What the app's requests share with the thread that owns the server: the defaults, the
-    API key, the queue of scripted faults and the stats."""
+    API key, the queue of scripted faults, the stats and the batches."""
 
-    def __init__(self, defaults: Scenario, api_key: str | None = None):
+    def __init__(
+        self, defaults: Scenario, api_key: str | None = None, batches: BatchClock | None = None
+    ):
         self.defaults = defaults
         self.api_key = api_key
+        self.batches = BatchBook(batches or BatchClock())
         self.stats = Stats()
         self._faults: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
@@ -55,6 +60,15 @@ class SimulatorState:
         with self._lock:
             self._faults.clear()
 
+    def refusal(self, dialect: Dialect, request: Request) -> Response | None:
+        """The 401 for a request without the right key, if the server has one."""
+        given = dialect.given_key(request.headers)
+        if self.api_key is None or (
+            given is not None and hmac.compare_digest(given.encode(), self.api_key.encode())
+        ):
+            return None
+        return JSONResponse(dialect.unauthorized(given), status_code=401)
+
     def next_scenario(self, prompt: str) -> Scenario:
         with self._lock:
             queued = self._faults.popleft() if self._faults else {}
@@ -67,13 +81,7 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
         return JSONResponse(dialect.error(status, message), status_code=status, headers=headers)
 
     def refusal(request: Request) -> Response | None:
-        """The 401 for a request without the right key, if the server has one."""
-        given = dialect.given_key(request.headers)
-        if state.api_key is None or (
-            given is not None and hmac.compare_digest(given.encode(), state.api_key.encode())
-        ):
-            return None
-        return JSONResponse(dialect.unauthorized(given), status_code=401)
+        return state.refusal(dialect, request)
 
     async def chat(request: Request) -> Response:
         state.stats.request(tuple(request.client) if request.client else None)
@@ -120,6 +128,8 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
             Route(dialect.models_path, models, methods=["GET"]),
             Route("/_sim/stats", stats, methods=["GET"]),
             Route("/_sim/reset", reset, methods=["POST"]),
+            *batch_routes(dialect, state),
+            *response_routes(dialect, state),
         ]
     )
 

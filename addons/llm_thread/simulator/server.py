@@ -15,6 +15,7 @@ from typing import Any, Self
 import uvicorn
 
 from .app import DIALECTS, SimulatedCut, SimulatorState, build_app
+from .batches import BatchClock
 from .scenario import Scenario
 
 STARTUP_TIMEOUT = 10.0
@@ -43,7 +44,10 @@ class SimulatorServer:
     for OpenAI and Anthropic, ``http://127.0.0.1:PORT`` for Ollama). Replies are
     ``tokens`` words long, paced by ``first_token_delay`` and ``token_delay``; with an
     ``api_key``, requests without it get the protocol's 401. Faults: ``push_fault(...)``
-    or ``[sim:...]`` directives in the last user message (see ``scenario``)."""
+    or ``[sim:...]`` directives in the last user message (see ``scenario``). Batches (OpenAI
+    and Anthropic) work a request every ``batch_request_seconds`` after
+    ``batch_validation_seconds`` and expire after ``batch_window_seconds`` (see
+    ``batches``)."""
 
     def __init__(
         self,
@@ -53,6 +57,9 @@ class SimulatorServer:
         token_delay: float = 0.0,
         first_token_delay: float = 0.0,
         api_key: str | None = None,
+        batch_request_seconds: float = 0.0,
+        batch_window_seconds: float = 86400.0,
+        batch_validation_seconds: float = 0.0,
         port: int = 0,
         host: str = "127.0.0.1",
     ):
@@ -65,6 +72,7 @@ class SimulatorServer:
         self._state = SimulatorState(
             Scenario(tokens=tokens, token_delay=token_delay, first_token_delay=first_token_delay),
             api_key,
+            BatchClock(batch_request_seconds, batch_window_seconds, batch_validation_seconds),
         )
         self.app = build_app(self._dialect, self._state)
         self._socket: socket.socket | None = None
@@ -169,7 +177,8 @@ class SimulatorServer:
     # -- control and observation -------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """requests, in_flight, max_in_flight, completed, disconnects, faults."""
+        """requests, in_flight, max_in_flight, completed, disconnects, faults, batches,
+        batch_requests."""
         return self._state.stats.snapshot()
 
     def wait_idle(self, timeout: float = 5.0) -> dict[str, int]:
@@ -193,3 +202,12 @@ class SimulatorServer:
 
     def clear_faults(self) -> None:
         self._state.clear_faults()
+
+    def configure_batches(self, **settings: float) -> None:
+        """Other ``request_seconds``, ``window_seconds`` or ``validation_seconds`` for the
+        batches created from now on."""
+        self._state.batches.configure(**settings)
+
+    def batches(self) -> list[dict]:
+        """Every batch now: id, status, total and done requests."""
+        return self._state.batches.snapshot()

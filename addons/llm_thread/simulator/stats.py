@@ -27,7 +27,8 @@ class Stats:
     sends many requests on one);
     ``in_flight`` / ``max_in_flight``: generations running now / at most at once since the
     last reset; ``completed``, ``disconnects`` (the client went away mid-generation) and
-    ``faults`` (injected errors, cuts and malformed streams)."""
+    ``faults`` (injected errors, cuts and malformed streams); ``batches`` created and the
+    ``batch_requests`` in them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -43,6 +44,8 @@ class Stats:
             COMPLETED: 0,
             DISCONNECT: 0,
             FAULT: 0,
+            "batches": 0,
+            "batch_requests": 0,
         }
 
     def count(self, counter: str) -> None:

@@ -343,6 +343,8 @@ def test_stats_over_http(ollama_server):
         "completed": 2,
         "disconnects": 0,
         "faults": 0,
+        "batches": 0,
+        "batch_requests": 0,
     }
     assert httpx.post(root + "/_sim/reset").json()["requests"] == 0
     assert ollama_server.stats()["completed"] == 0

@@ -1,8 +1,10 @@
 """What a provider stream yields, whatever its wire protocol.
 
 A successful stream yields any number of ``TextDelta``, then ``Usage`` (when the provider
-reported token counts) and ``Finish`` last. A failed stream raises ``ProviderError`` instead
-of yielding ``Finish``.
+reported token counts) and ``Finish`` last. A stream the provider runs as a background
+response (OpenAI's Responses API) first yields ``Resumable``, and its deltas carry cursors: a
+reader that lost the stream can re-attach after the last cursor it saw. A failed stream
+raises ``ProviderError`` instead of yielding ``Finish``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,22 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
-    """A piece of the reply's text, to append to what came before."""
+    """A piece of the reply's text, to append to what came before. ``cursor``: the
+    provider's sequence number of the event that carried it, after which the stream can be
+    resumed (None when the protocol cannot resume)."""
 
     text: str
+    cursor: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumable:
+    """The provider runs this reply as a background response, ``response_id``, that goes on
+    without the connection: a reader can re-attach to it after ``cursor``. Yielded once,
+    before any text."""
+
+    response_id: str
+    cursor: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,4 +50,4 @@ class Finish:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-StreamEvent = TextDelta | Usage | Finish
+StreamEvent = Resumable | TextDelta | Usage | Finish

@@ -30,12 +30,19 @@ from .events import StreamEvent
 @dataclass(frozen=True)
 class ChatRequest:
     """A streamed chat request: where, with which headers and body, and how the answer is
-    framed ("sse": server-sent events; "ndjson": one JSON object per line)."""
+    framed ("sse": server-sent events; "ndjson": one JSON object per line). A GET (resuming
+    a stream) sends no body."""
 
     url: str
     headers: dict[str, str]
     body: dict[str, Any]
     framing: str = "sse"
+    method: str = "POST"
+
+    def build(self, client: httpx.Client | httpx.AsyncClient, **extra: Any) -> httpx.Request:
+        """The HTTP request (``extra``: httpx options such as timeout)."""
+        body = {"json": self.body} if self.method == "POST" else {}
+        return client.build_request(self.method, self.url, headers=self.headers, **body, **extra)
 
 
 class Decoder(Protocol):
@@ -113,9 +120,7 @@ _STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteErro
 def _open(client: httpx.Client, request: ChatRequest, provider: str, api_key: str | None):
     try:
         for resend in (True, False):
-            built = client.build_request(
-                "POST", request.url, headers=request.headers, json=request.body
-            )
+            built = request.build(client)
             try:
                 response = client.send(built, stream=True)
                 break
@@ -143,9 +148,7 @@ async def _aopen(
 ):
     try:
         for resend in (True, False):
-            built = client.build_request(
-                "POST", request.url, headers=request.headers, json=request.body, timeout=timeout
-            )
+            built = request.build(client, timeout=timeout)
             try:
                 response = await client.send(built, stream=True)
                 break
@@ -191,6 +194,34 @@ async def _aread_to_the_end(rest: AsyncIterator[Any]) -> None:
         pass
 
 
+def call(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    provider: str,
+    api_key: str | None,
+    **request: Any,
+) -> httpx.Response:
+    """One request that is not streamed (``request``: httpx's headers, params, json,
+    content, files, data): its response when it succeeded, else the classified error."""
+    try:
+        response = client.request(method, url, **request)
+    except httpx.RequestError as error:
+        raise errors.from_transport(provider, error, api_key) from error
+    if not response.is_success:
+        raise errors.from_response(provider, response, api_key)
+    return response
+
+
+def call_object(
+    client: httpx.Client, method: str, url: str, *, provider: str, api_key: str | None, **request
+) -> dict[str, Any]:
+    """``call``, its answer read as a JSON object."""
+    response = call(client, method, url, provider=provider, api_key=api_key, **request)
+    return decode_object(response.text, provider=provider, api_key=api_key)
+
+
 def get_object(
     client: httpx.Client,
     url: str,
@@ -201,13 +232,24 @@ def get_object(
     params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """GET a JSON object."""
-    try:
-        response = client.get(url, headers=headers, params=params)
-    except httpx.RequestError as error:
-        raise errors.from_transport(provider, error, api_key) from error
-    if not response.is_success:
-        raise errors.from_response(provider, response, api_key)
-    return decode_object(response.text, provider=provider, api_key=api_key)
+    return call_object(
+        client, "GET", url, provider=provider, api_key=api_key, headers=headers, params=params
+    )
+
+
+def post_object(
+    client: httpx.Client,
+    url: str,
+    *,
+    provider: str,
+    api_key: str | None,
+    headers: dict[str, str],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """POST (``body`` as JSON, if any) and read the JSON object answered."""
+    return call_object(
+        client, "POST", url, provider=provider, api_key=api_key, headers=headers, json=body
+    )
 
 
 def decode_json(text: str, *, provider: str, api_key: str | None) -> Any:
