@@ -17,6 +17,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +166,14 @@ class _Batches:
     def __init__(self, dialect: Dialect, state: SimulatorState):
         self.dialect, self.state, self.book = dialect, state, state.batches
 
+    def guarded(self, handler: Callable[[Request], Awaitable[Response]]):
+        """``handler`` behind the server's API key check (the chat endpoint's 401)."""
+
+        async def endpoint(request: Request) -> Response:
+            return self.state.refusal(self.dialect, request) or await handler(request)
+
+        return endpoint
+
     def error(self, status: int, message: str) -> JSONResponse:
         return JSONResponse(self.dialect.error(status, message), status_code=status)
 
@@ -200,13 +209,13 @@ class _Batches:
 class OpenAIBatches(_Batches):
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/files", self.upload, methods=["POST"]),
-            Route("/v1/files/{file_id}", self.file, methods=["GET", "DELETE"]),
-            Route("/v1/files/{file_id}/content", self.content, methods=["GET"]),
-            Route("/v1/batches", self.create, methods=["POST"]),
-            Route("/v1/batches", self.list, methods=["GET"]),
-            Route("/v1/batches/{batch_id}", self.retrieve, methods=["GET"]),
-            Route("/v1/batches/{batch_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/v1/files", self.guarded(self.upload), methods=["POST"]),
+            Route("/v1/files/{file_id}", self.guarded(self.file), methods=["GET", "DELETE"]),
+            Route("/v1/files/{file_id}/content", self.guarded(self.content), methods=["GET"]),
+            Route("/v1/batches", self.guarded(self.create), methods=["POST"]),
+            Route("/v1/batches", self.guarded(self.list), methods=["GET"]),
+            Route("/v1/batches/{batch_id}", self.guarded(self.retrieve), methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self.guarded(self.cancel), methods=["POST"]),
         ]
 
     # -- files ---------------------------------------------------------------------------
@@ -229,9 +238,6 @@ class OpenAIBatches(_Batches):
         return {key: value for key, value in entry.items() if key != "content"}
 
     async def upload(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         form = await request.form(max_part_size=OPENAI_LIMITS[1] + 1)
         upload, purpose = form.get("file"), form.get("purpose")
         if upload is None or isinstance(upload, str):
@@ -246,9 +252,6 @@ class OpenAIBatches(_Batches):
         return JSONResponse(self._public(entry))
 
     async def file(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         file_id = request.path_params["file_id"]
         with self.book.lock:
             entry = self.book.files.get(file_id)
@@ -260,9 +263,6 @@ class OpenAIBatches(_Batches):
         return JSONResponse(self._public(entry))
 
     async def content(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         entry = self.book.files.get(request.path_params["file_id"])
         if entry is None:
             return self.error(404, f"No such File object: {request.path_params['file_id']}")
@@ -270,9 +270,6 @@ class OpenAIBatches(_Batches):
 
     # -- batches -------------------------------------------------------------------------
     async def create(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         try:
             body = await request.json()
         except ValueError:
@@ -301,9 +298,6 @@ class OpenAIBatches(_Batches):
             return JSONResponse(self._object(batch, time.time()))
 
     async def list(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         now = time.time()
         with self.book.lock:
             page, more = self.listing(request, "after", None)
@@ -319,9 +313,6 @@ class OpenAIBatches(_Batches):
         )
 
     async def retrieve(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         with self.book.lock:
             batch = self.find(request)
             if batch is None:
@@ -331,9 +322,6 @@ class OpenAIBatches(_Batches):
             return JSONResponse(self._object(batch, time.time()))
 
     async def cancel(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         now = time.time()
         with self.book.lock:
             batch = self.find(request)
@@ -487,17 +475,26 @@ def _problem(code: str, message: str, line: int | None) -> dict[str, Any]:
 class AnthropicBatches(_Batches):
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/messages/batches", self.create, methods=["POST"]),
-            Route("/v1/messages/batches", self.list, methods=["GET"]),
-            Route("/v1/messages/batches/{batch_id}", self.retrieve, methods=["GET", "DELETE"]),
-            Route("/v1/messages/batches/{batch_id}/cancel", self.cancel, methods=["POST"]),
-            Route("/v1/messages/batches/{batch_id}/results", self.results, methods=["GET"]),
+            Route("/v1/messages/batches", self.guarded(self.create), methods=["POST"]),
+            Route("/v1/messages/batches", self.guarded(self.list), methods=["GET"]),
+            Route(
+                "/v1/messages/batches/{batch_id}",
+                self.guarded(self.retrieve),
+                methods=["GET", "DELETE"],
+            ),
+            Route(
+                "/v1/messages/batches/{batch_id}/cancel",
+                self.guarded(self.cancel),
+                methods=["POST"],
+            ),
+            Route(
+                "/v1/messages/batches/{batch_id}/results",
+                self.guarded(self.results),
+                methods=["GET"],
+            ),
         ]
 
     async def create(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         raw = await request.body()
         if len(raw) > ANTHROPIC_LIMITS[1]:
             return self.error(413, "A message batch may be 256 MB at most.")
@@ -525,9 +522,6 @@ class AnthropicBatches(_Batches):
             return JSONResponse(self._object(batch, time.time(), request))
 
     async def list(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         now = time.time()
         with self.book.lock:
             page, more = self.listing(request, "after_id", "before_id")
@@ -542,9 +536,6 @@ class AnthropicBatches(_Batches):
         )
 
     async def retrieve(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         now = time.time()
         with self.book.lock:
             batch = self.find(request)
@@ -560,9 +551,6 @@ class AnthropicBatches(_Batches):
             return JSONResponse(self._object(batch, now, request))
 
     async def cancel(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         now = time.time()
         with self.book.lock:
             batch = self.find(request)
@@ -577,9 +565,6 @@ class AnthropicBatches(_Batches):
             return JSONResponse(answer)
 
     async def results(self, request: Request) -> Response:
-        refused = self.state.refusal(self.dialect, request)
-        if refused is not None:
-            return refused
         now = time.time()
         with self.book.lock:
             batch = self.find(request)
