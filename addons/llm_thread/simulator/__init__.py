@@ -1,6 +1,7 @@
 """Loopback provider servers speaking the real OpenAI, Anthropic and Ollama protocols, with
 deterministic replies, fault injection and stats: what tests, benchmarks and demos use
-instead of real providers.
+instead of real providers. OpenAI and Anthropic servers also run batch jobs (OpenAI Batch
+with its files, Anthropic Message Batches) on a lazily computed clock, see ``batches``.
 
     with SimulatorServer("openai", tokens=20) as server:
         ...  # point a provider's api_base at server.url

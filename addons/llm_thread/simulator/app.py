@@ -1,7 +1,8 @@
 """The simulator's Starlette app, the same for every protocol: it checks the API key, picks
 the request's scenario, answers with an injected error or paces out the dialect's reply, and
 keeps the stats. ``GET /_sim/stats`` reads them and ``POST /_sim/reset`` zeroes them (queued
-faults stay)."""
+faults stay). The batch endpoints (``batches``) share its API key check and scenarios: a
+batched request gets the reply or error the chat endpoint would give."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -26,12 +26,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .dialect import Dialect, Generation, default_message
+from .stats import BATCH_REQUESTS, BATCHES
 
 if TYPE_CHECKING:
     from .app import SimulatorState
 
 OPENAI_ENDPOINT = "/v1/chat/completions"
-OPENAI_LIMITS = (50_000, 200 * 1024 * 1024)
+OPENAI_LIMITS = (50_000, 200 * 1024 * 1024)  # a batch's requests and input file bytes
+OPENAI_FILE_BYTES = 512 * 1024 * 1024  # any uploaded file
 ANTHROPIC_LIMITS = (100_000, 256 * 1024 * 1024)
 
 
@@ -42,6 +44,11 @@ class BatchClock:
     request_seconds: float = 0.0
     window_seconds: float = 86400.0
     validation_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("request_seconds", "window_seconds", "validation_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Batch setting '{name}' cannot be negative.")
 
 
 @dataclass
@@ -99,7 +106,11 @@ class BatchBook:
         self.lock = threading.Lock()
 
     def configure(self, **settings: float) -> None:
-        """New settings for the batches created from now on."""
+        """New settings for the batches created from now on (batches already made keep the
+        clock they were created with, so a test can slow down only the next one)."""
+        unknown = sorted(set(settings) - {f.name for f in fields(BatchClock)})
+        if unknown:
+            raise ValueError(f"Unknown batch setting(s): {', '.join(unknown)}.")
         self.clock = replace(self.clock, **settings)
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -182,9 +193,8 @@ class _Batches:
 
     def add(self, batch: Batch) -> None:
         self.book.batches[batch.id] = batch
-        self.state.stats.count("batches")
-        for _ in batch.requests:
-            self.state.stats.count("batch_requests")
+        self.state.stats.count(BATCHES)
+        self.state.stats.count(BATCH_REQUESTS, len(batch.requests))
 
     def listing(
         self, request: Request, after_key: str, before_key: str | None
@@ -238,15 +248,15 @@ class OpenAIBatches(_Batches):
         return {key: value for key, value in entry.items() if key != "content"}
 
     async def upload(self, request: Request) -> Response:
-        form = await request.form(max_part_size=OPENAI_LIMITS[1] + 1)
+        form = await request.form(max_part_size=OPENAI_FILE_BYTES + 1)
         upload, purpose = form.get("file"), form.get("purpose")
         if upload is None or isinstance(upload, str):
             return self.error(400, "file: a file is required (multipart field 'file').")
         if purpose not in ("batch", "assistants", "fine-tune", "vision", "user_data", "evals"):
             return self.error(400, f"purpose: '{purpose}' is not a valid purpose.")
         content = await upload.read()
-        if len(content) > OPENAI_LIMITS[1]:
-            return self.error(400, "file: a batch input file may be 200 MB at most.")
+        if len(content) > OPENAI_FILE_BYTES:
+            return self.error(400, "file: a file may be 512 MB at most.")
         with self.book.lock:
             entry = self._store_file(content, upload.filename or "upload.jsonl", purpose)
         return JSONResponse(self._public(entry))
@@ -424,10 +434,17 @@ class OpenAIBatches(_Batches):
 def _read_input(content: bytes, endpoint: str) -> tuple[list[tuple[str, Any]], list[dict]]:
     """The requests of an input file, or the validation errors that fail its batch."""
     requests, problems, seen = [], [], set()
+    if len(content) > OPENAI_LIMITS[1]:
+        message = f"A batch input file may be {OPENAI_LIMITS[1] // 2**20} MB at most."
+        return [], [_problem("file_too_large", message, None)]
     lines = content.decode("utf-8", "replace").splitlines()
     if len(lines) > OPENAI_LIMITS[0]:
         problems.append(
-            _problem("too_many_requests", "A batch may hold 50,000 requests at most.", None)
+            _problem(
+                "too_many_requests",
+                f"A batch may hold {OPENAI_LIMITS[0]:,} requests at most.",
+                None,
+            )
         )
     for number, text in enumerate(lines, 1):
         if not text.strip():
@@ -465,7 +482,7 @@ def _read_input(content: bytes, endpoint: str) -> tuple[list[tuple[str, Any]], l
             requests.append((custom_id, row.get("body")))
     if not requests and not problems:
         problems.append(_problem("empty_file", "The input file has no requests.", None))
-    return requests, problems
+    return ([] if problems else requests), problems
 
 
 def _problem(code: str, message: str, line: int | None) -> dict[str, Any]:
@@ -506,7 +523,9 @@ class AnthropicBatches(_Batches):
         if not isinstance(items, list) or not items:
             return self.error(400, "requests: a non-empty list of requests is required.")
         if len(items) > ANTHROPIC_LIMITS[0]:
-            return self.error(400, "requests: a message batch may hold 100,000 requests at most.")
+            return self.error(
+                400, f"requests: a message batch may hold {ANTHROPIC_LIMITS[0]:,} requests at most."
+            )
         requests, seen = [], set()
         for index, item in enumerate(items):
             custom_id = item.get("custom_id") if isinstance(item, dict) else None

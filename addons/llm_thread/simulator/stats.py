@@ -12,6 +12,7 @@ from dataclasses import dataclass
 REQUESTS = "requests"
 # How a generation ended; a generation that ends otherwise was abandoned by its client.
 COMPLETED, FAULT, DISCONNECT = "completed", "faults", "disconnects"
+BATCHES, BATCH_REQUESTS = "batches", "batch_requests"  # batches created, requests in them
 
 
 @dataclass
@@ -44,13 +45,13 @@ class Stats:
             COMPLETED: 0,
             DISCONNECT: 0,
             FAULT: 0,
-            "batches": 0,
-            "batch_requests": 0,
+            BATCHES: 0,
+            BATCH_REQUESTS: 0,
         }
 
-    def count(self, counter: str) -> None:
+    def count(self, counter: str, by: int = 1) -> None:
         with self._lock:
-            self._counts[counter] += 1
+            self._counts[counter] += by
 
     def request(self, peer: tuple[str, int] | None) -> None:
         """Count a generation request from ``peer`` (the client's address and port)."""
