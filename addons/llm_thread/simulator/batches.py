@@ -191,6 +191,10 @@ class _Batches:
     def find(self, request: Request) -> Batch | None:
         return self.book.batches.get(request.path_params["batch_id"])
 
+    def missing(self, request: Request) -> JSONResponse:
+        """The 404 for a batch id the server does not know."""
+        return self.error(404, f"No batch found with id '{request.path_params['batch_id']}'.")
+
     def add(self, batch: Batch) -> None:
         self.book.batches[batch.id] = batch
         self.state.stats.count(BATCHES)
@@ -326,9 +330,7 @@ class OpenAIBatches(_Batches):
         with self.book.lock:
             batch = self.find(request)
             if batch is None:
-                return self.error(
-                    404, f"No batch found with id '{request.path_params['batch_id']}'."
-                )
+                return self.missing(request)
             return JSONResponse(self._object(batch, time.time()))
 
     async def cancel(self, request: Request) -> Response:
@@ -336,9 +338,7 @@ class OpenAIBatches(_Batches):
         with self.book.lock:
             batch = self.find(request)
             if batch is None:
-                return self.error(
-                    404, f"No batch found with id '{request.path_params['batch_id']}'."
-                )
+                return self.missing(request)
             if batch.phase(now) in ("failed", "done", "expired"):
                 return self.error(
                     409, f"Cannot cancel a batch with status '{self._status(batch, now)}'."
@@ -559,9 +559,7 @@ class AnthropicBatches(_Batches):
         with self.book.lock:
             batch = self.find(request)
             if batch is None:
-                return self.error(
-                    404, f"No message batch with id '{request.path_params['batch_id']}'."
-                )
+                return self.missing(request)
             if request.method == "DELETE":
                 if self._status(batch, now) != "ended":
                     return self.error(400, "A message batch can be deleted only once it has ended.")
@@ -574,9 +572,7 @@ class AnthropicBatches(_Batches):
         with self.book.lock:
             batch = self.find(request)
             if batch is None:
-                return self.error(
-                    404, f"No message batch with id '{request.path_params['batch_id']}'."
-                )
+                return self.missing(request)
             if batch.cancelled_at is None and self._status(batch, now) != "ended":
                 batch.cancelled_at = now
             answer = self._object(batch, now, request)
@@ -588,9 +584,7 @@ class AnthropicBatches(_Batches):
         with self.book.lock:
             batch = self.find(request)
             if batch is None:
-                return self.error(
-                    404, f"No message batch with id '{request.path_params['batch_id']}'."
-                )
+                return self.missing(request)
             if self._status(batch, now) != "ended":
                 return self.error(
                     400, "The message batch has not ended: its results are not ready."
