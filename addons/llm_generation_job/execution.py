@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -47,6 +47,7 @@ _logger = logging.getLogger(__name__)
 
 OUTAGE_PATIENCE = 300.0  # seconds a final write waits for the database before giving up
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 2.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,7 @@ def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
     UserError when no request can be made (no chat model, an unusable key...)."""
     job = store.jobs.browse(lease.job_id)
     provider = job.provider_id
-    messages = job.thread_id._conversation(until=job.input_message_id)
-    inputs = job.generation_inputs or {}
-    if not job.input_message_id and inputs.get("prompt"):
-        # A job created with a prompt rather than a posted message (the contract's "Create a
-        # job" example): the prompt is the user's turn.
-        messages.append({"role": "user", "content": str(inputs["prompt"])})
-    options = dict(inputs.get("options") or {})
-    model = job.model_id.name or None
+    messages, model, options = job_request(job)
     wired = provider._wire_stream(messages, model, **options)
     deadline = store.env[QUEUE]._get_or_create_queue(provider.id).attempt_deadline_seconds
     started = store.start_reply(lease)
@@ -98,6 +92,17 @@ def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
         messages=messages,
         options=options,
     )
+
+
+def job_request(job) -> tuple[list[dict[str, Any]], str | None, dict[str, Any]]:
+    """What ``job`` asks its provider for: the conversation, the model's name, the options."""
+    messages = job.thread_id._conversation(until=job.input_message_id)
+    inputs = job.generation_inputs or {}
+    if not job.input_message_id and inputs.get("prompt"):
+        # A job created with a prompt rather than a posted message (the contract's "Create a
+        # job" example): the prompt is the user's turn.
+        messages.append({"role": "user", "content": str(inputs["prompt"])})
+    return messages, job.model_id.name or None, dict(inputs.get("options") or {})
 
 
 @dataclass
@@ -216,25 +221,35 @@ def fail(
 
 
 def persist(registry: Registry, attempt: Attempt, unit: Callable[[JobStore], str]) -> str:
+    """``unit(store)`` as ``retrying`` runs it, until the worker shuts down. Returns what
+    ``unit`` returns, or "interrupted" when it gave up (the lease then expires and the job is
+    taken back)."""
+    try:
+        return retrying(registry, unit, stop=lambda: attempt.aborted == "shutdown")
+    except DatabaseUnavailable as error:
+        _logger.warning(
+            "Generation job %s: %s; giving up: its lease will expire and the job will run again",
+            attempt.lease.job_id,
+            error.reason,
+        )
+        return "interrupted"
+
+
+def retrying(
+    registry: Registry, unit: Callable[[JobStore], T], stop: Callable[[], bool] = lambda: False
+) -> T:
     """``unit(store)`` in a transaction of its own, tried again with backoff while the
-    database is unavailable, for up to OUTAGE_PATIENCE seconds or until the worker shuts
-    down. Returns what ``unit`` returns, or "interrupted" when it gave up (the lease then
-    expires and the job is taken back)."""
+    database is unavailable, for up to OUTAGE_PATIENCE seconds or until ``stop()``; then the
+    last DatabaseUnavailable is raised."""
     delay, deadline = _BACKOFF_FIRST, time.monotonic() + OUTAGE_PATIENCE
     while True:
         try:
             with registry.environment() as env:
                 return unit(JobStore(env))
-        except DatabaseUnavailable as error:  # core.database logs the outage, once
-            if attempt.aborted == "shutdown" or time.monotonic() + delay > deadline:
-                _logger.warning(
-                    "Generation job %s: %s; giving up: its lease will expire and the job will "
-                    "run again",
-                    attempt.lease.job_id,
-                    error.reason,
-                )
-                return "interrupted"
-            _logger.debug("Generation job %s waits for the database", attempt.lease.job_id)
+        except DatabaseUnavailable:  # core.database logs the outage, once
+            if stop() or time.monotonic() + delay > deadline:
+                raise
+            _logger.debug("Waiting for the database")
             time.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 

@@ -32,6 +32,14 @@ What it guarantees, whoever calls and however many at once:
 - **Provider-side jobs.** A status check locks the job's row while it asks the provider and
   applies the answer, so two checkers at once (a user's loop and the status cron) never both
   apply it: the second waits, then finds the job finished.
+- **Provider batches.** ``open_batch`` takes queued batch jobs into a new batch row
+  ("submitting", claimed by a token until ``submit_expires_at``) and commits before anything
+  is sent; ``batch_submitted`` records the provider's id under that claim, or fails when the
+  claim was taken over (``take_over_submission``: the submitter died or froze). Results are
+  applied by ``apply_batch`` with the batch row locked and only while it is still running:
+  however many pollers race, one applies them and the others find it ended. Each job's
+  result is a compare-and-set on (job, batch, running), so a job cancelled meanwhile keeps
+  its cancellation. Batch jobs hold no lease and no worker slot.
 
 Methods work in the caller's transaction, which the caller commits or rolls back, in superuser
 mode: the model's ``action_*`` methods check the user's rights before they call the store.
@@ -44,10 +52,11 @@ import datetime as dt
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from addons.llm_thread.wire.batch import ERRORED, EXPIRED, SUCCEEDED, BatchResult, BatchState
 from core import UserError
 from core.notify import notifier_for
 
@@ -58,7 +67,9 @@ _logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = float(os.environ.get("LLMJOBS_JOB_LEASE_SECONDS", "30"))
 JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.generation.queue"
-CHUNK, WORKER = "llm.generation.job.chunk", "llm.generation.worker"
+CHUNK, WORKER, BATCH = "llm.generation.job.chunk", "llm.generation.worker", "llm.generation.batch"
+BATCH_WORKER = "provider batch"  # the worker of a batch job's attempt
+BATCH_SUBMIT_SECONDS = 300.0  # a submission not recorded by then is taken over
 ACTIVE_STATES = ("queued", "running")
 FINISHED_STATES = ("completed", "failed", "cancelled")
 CLAIM_ORDER = "priority desc, queued_at, id"
@@ -74,6 +85,7 @@ STORE_FIELDS = frozenset(
         "error_message",
         "error_kind",
         "external_job_id",
+        "batch_id",
         "provider_data",
         "output_message_id",
         "attempt_ids",
@@ -147,6 +159,22 @@ class ReplyStart:
     attempt: int
 
 
+@dataclass(frozen=True)
+class BatchOpening:
+    """A batch opened for submission (``JobStore.open_batch``): the submitter's claim on it
+    (``token``), the key that tags it at the provider, and its request lines (one per job)."""
+
+    batch_id: int
+    token: str
+    key: str
+    lines: list[bytes]
+
+
+def custom_id(job_id: int) -> str:
+    """The ``custom_id`` of a job's request in a provider batch."""
+    return f"job-{job_id}"
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -162,6 +190,17 @@ def _attempts(count: int) -> str:
 
 def _expiry(now: dt.datetime) -> dt.datetime:
     return now + dt.timedelta(seconds=LEASE_SECONDS)
+
+
+def _batch_values(state: BatchState, now: dt.datetime) -> dict[str, Any]:
+    """What a batch row records of the provider's description of it."""
+    return {
+        "external_id": state.id,
+        "provider_status": state.status,
+        "request_counts": state.counts,
+        "provider_data": state.data,
+        "last_polled_at": now,
+    }
 
 
 class JobStore:
@@ -232,14 +271,18 @@ class JobStore:
         if not queue or not queue.enabled:
             return []
         running = self.jobs.search_count(
-            [("provider_id", "=", provider_id), ("state", "=", "running")]
+            [("provider_id", "=", provider_id), ("state", "=", "running"), ("batch_id", "=", False)]
         )
         free = queue.max_concurrent_jobs - running
         if limit is not None:
             free = min(free, limit)
         if free <= 0:
             return []
-        domain = [("provider_id", "=", provider_id), ("state", "=", "queued")]
+        domain = [
+            ("provider_id", "=", provider_id),
+            ("state", "=", "queued"),
+            ("execution_mode", "!=", "batch"),
+        ]
         if job_ids is not None:
             domain.append(("id", "in", list(job_ids)))
         candidates = self.jobs.search(domain, order=CLAIM_ORDER, limit=free)
@@ -683,6 +726,14 @@ class JobStore:
                 {"cancel_requested": True},
             )
             self._signal(CANCEL, [job.id])
+        elif job.state == "running" and job.batch_id:
+            batch = job.batch_id.external_id or "(being submitted)"
+            self._close(
+                job,
+                [("state", "=", "running"), ("batch_id", "=", job.batch_id.id)],
+                "cancelled",
+                error=f"Cancelled while in provider batch {batch}; its result is ignored.",
+            )
         elif job.state == "running":
             self._cancel_external(job)
         else:
@@ -785,6 +836,302 @@ class JobStore:
             error="Cancelled while running.",
         )
 
+    # -- provider batches ----------------------------------------------------------------------
+    def open_batch(
+        self,
+        provider_id: int,
+        *,
+        max_requests: int,
+        max_bytes: int,
+        request_line: Callable[[Any], bytes],
+    ) -> BatchOpening | None:
+        """Take the provider's queued batch jobs into a new batch, when one is due (a full
+        batch's worth waits, or the oldest has waited the queue's ``batch_max_wait_seconds``):
+        in claim order, up to the queue's ``batch_max_size`` and the provider's limits, each
+        job running in it as a new attempt. ``request_line(job)`` is a job's line (a
+        UserError fails that job: no request can be made for it). None when no batch is due."""
+        queue = self.env[QUEUE].search([("provider_id", "=", provider_id)], limit=1)
+        queue = queue.lock_for_update()
+        if not queue or not queue.enabled:
+            return None
+        waiting = [
+            ("provider_id", "=", provider_id),
+            ("state", "=", "queued"),
+            ("execution_mode", "=", "batch"),
+        ]
+        size = max(1, min(queue.batch_max_size, max_requests))
+        candidates = self.jobs.search(waiting, order=CLAIM_ORDER, limit=size)
+        now = _now()
+        oldest = min((job.queued_at for job in candidates), default=None)
+        waited = dt.timedelta(seconds=queue.batch_max_wait_seconds)
+        if oldest is None or (len(candidates) < size and oldest > now - waited):
+            return None
+        lines: dict[int, bytes] = {}
+        total = 0
+        for job in candidates:
+            try:
+                data = request_line(job)
+            except UserError as error:
+                queued = [("state", "=", "queued")]
+                self._close(job, queued, "failed", error=str(error), error_kind="permanent")
+                continue
+            if total + len(data) > max_bytes:
+                break
+            lines[job.id], total = data, total + len(data)
+        if not lines:
+            return None
+        token, key = secrets.token_hex(16), secrets.token_hex(12)
+        batch = self.env[BATCH].create(
+            {
+                "provider_id": provider_id,
+                "protocol": queue.provider_id.service,
+                "submission_key": key,
+                "submit_token": token,
+                "submit_expires_at": now + dt.timedelta(seconds=BATCH_SUBMIT_SECONDS),
+            }
+        )
+        claimed = self.jobs.browse(list(lines)).write_where(
+            [("state", "=", "queued")],
+            {
+                "state": "running",
+                "started_at": now,
+                "completed_at": False,
+                "batch_id": batch.id,
+                "cancel_requested": False,
+            },
+        )
+        counts = {
+            group["job_id"]: group["__count"]
+            for group in self.env[ATTEMPT].read_group(
+                [("job_id", "in", claimed.ids)], ["job_id"], ["__count"]
+            )
+        }
+        self.env[ATTEMPT].create(
+            [
+                {
+                    "job_id": job.id,
+                    "number": counts.get(job.id, 0) + 1,
+                    "worker": BATCH_WORKER,
+                    "started_at": now,
+                }
+                for job in claimed
+            ]
+        )
+        batch.write({"request_count": len(claimed)})
+        queue.write({"last_processed_at": now})
+        self._signal(PROGRESS, claimed.ids)
+        return BatchOpening(batch.id, token, key, [lines[job_id] for job_id in claimed.ids])
+
+    def batch_submitted(self, batch_id: int, token: str, state: BatchState) -> bool:
+        """The provider accepted the batch (``state``): record its id and status, under the
+        submitter's claim. False when the claim was taken over (the submission is not ours
+        to record any more)."""
+        now = _now()
+        recorded = (
+            self.env[BATCH]
+            .browse(batch_id)
+            .write_where(
+                [("state", "=", "submitting"), ("submit_token", "=", token)],
+                {
+                    "state": "running",
+                    **_batch_values(state, now),
+                    "submitted_at": now,
+                    "submit_token": False,
+                    "submit_expires_at": False,
+                },
+            )
+        )
+        if recorded:
+            self._signal(PROGRESS, self._batch_jobs(recorded).ids)
+        return bool(recorded)
+
+    def batch_not_submitted(
+        self,
+        batch_id: int,
+        token: str,
+        error: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> bool:
+        """The provider refused the batch: it failed, and each of its jobs fails with
+        ``error`` (a retry scheduled when ``retryable``). False when the claim was taken
+        over."""
+        batch = (
+            self.env[BATCH]
+            .browse(batch_id)
+            .write_where(
+                [("state", "=", "submitting"), ("submit_token", "=", token)],
+                {
+                    "state": "failed",
+                    "error_message": error,
+                    "ended_at": _now(),
+                    "submit_token": False,
+                },
+            )
+        )
+        if not batch:
+            return False
+        for job in self._batch_jobs(batch):
+            self._fail(
+                job,
+                self._in_batch(batch),
+                error,
+                retryable=retryable,
+                retry_after=retry_after,
+            )
+        return True
+
+    def stale_submissions(self) -> list[int]:
+        """Batches whose submitter did not record the provider's answer in time."""
+        return (
+            self.env[BATCH]
+            .search([("state", "=", "submitting"), ("submit_expires_at", "<", _now())], order="id")
+            .ids
+        )
+
+    def take_over_submission(self, batch_id: int) -> BatchOpening | None:
+        """Claim a stale submission (its submitter died or froze); None when it is not stale
+        any more. The old submitter's record is refused from now on."""
+        token, now = secrets.token_hex(16), _now()
+        batch = (
+            self.env[BATCH]
+            .browse(batch_id)
+            .write_where(
+                [("state", "=", "submitting"), ("submit_expires_at", "<", now)],
+                {
+                    "submit_token": token,
+                    "submit_expires_at": now + dt.timedelta(seconds=BATCH_SUBMIT_SECONDS),
+                },
+            )
+        )
+        return BatchOpening(batch.id, token, batch.submission_key, []) if batch else None
+
+    def abandon_submission(self, batch_id: int, token: str, reason: str) -> bool:
+        """A taken-over submission the provider does not have: the batch failed and its jobs
+        are queued again, in their old places in line, not counted as retries."""
+        batch = (
+            self.env[BATCH]
+            .browse(batch_id)
+            .write_where(
+                [("state", "=", "submitting"), ("submit_token", "=", token)],
+                {
+                    "state": "failed",
+                    "error_message": reason,
+                    "ended_at": _now(),
+                    "submit_token": False,
+                },
+            )
+        )
+        if not batch:
+            return False
+        for job in self._batch_jobs(batch):
+            self._leave_batch(job, self._in_batch(batch), reason)
+        return True
+
+    def batch_cancel_sent(self, batch_id: int) -> None:
+        """The batch, which no job needs any more, was cancelled at the provider."""
+        self.env[BATCH].browse(batch_id).write_where(
+            [("state", "=", "running")], {"cancel_sent_at": _now()}
+        )
+
+    def batch_poll_failed(self, batch_id: int, error: str) -> None:
+        """A poll of the batch failed: say so on it (it is polled again)."""
+        self.env[BATCH].browse(batch_id).write_where(
+            [("state", "=", "running")],
+            {"error_message": f"The last poll failed: {error}", "last_polled_at": _now()},
+        )
+
+    def apply_batch(
+        self, batch_id: int, state: BatchState, results: Sequence[BatchResult] = ()
+    ) -> int | None:
+        """Record a poll of the batch; once it has ended (``state.ended``, ``results`` read),
+        apply each job's result, once: a reply posted on its thread and the job completed; an
+        errored request failed with its own error; a request never run failed (retryable), or
+        queued again to be streamed when its queue says so. Returns how many jobs it
+        finished, or None when the batch was not running (another poller applied it)."""
+        batch = self.env[BATCH].browse(batch_id).lock_for_update()
+        if batch.state != "running":
+            return None
+        now = _now()
+        values = _batch_values(state, now)
+        values["provider_data"] = {**(batch.provider_data or {}), **values["provider_data"]}
+        if not state.ended:
+            batch.write({**values, "error_message": False})
+            self._signal(PROGRESS, self._batch_jobs(batch).ids)
+            return 0
+        condition = self._in_batch(batch)
+        jobs = self._batch_jobs(batch).lock_for_update(domain=condition)
+        by_id = {result.custom_id: result for result in results}
+        queue = self.env[QUEUE]._get_or_create_queue(batch.provider_id.id)
+        for job in jobs:
+            result = by_id.get(custom_id(job.id))
+            if state.status == "failed":
+                error = f"The provider refused the batch {batch.external_id}: {state.error}"
+                self._fail(job, condition, error, retryable=False)
+            elif result is not None and result.outcome == SUCCEEDED:
+                self._complete_from_batch(job, condition, result)
+            elif result is not None and result.outcome == ERRORED and result.error is not None:
+                error = result.error
+                self._fail(
+                    job,
+                    condition,
+                    error.summary,
+                    retryable=error.retryable,
+                    retry_after=error.retry_after,
+                )
+            else:
+                self._unrun(job, condition, result, queue, batch.external_id)
+        error = state.error or False
+        batch.write({**values, "state": "ended", "ended_at": now, "error_message": error})
+        return len(jobs)
+
+    def _complete_from_batch(self, job, condition: list, result: BatchResult) -> None:
+        values: dict[str, Any] = {"body": result.text, "state": "done"}
+        if result.usage is not None:
+            values.update(
+                prompt_tokens=result.usage.prompt_tokens or 0,
+                completion_tokens=result.usage.completion_tokens or 0,
+            )
+        if result.finish is not None:
+            values.update(
+                finish_reason=result.finish.reason or False,
+                provider_metadata=result.finish.metadata or False,
+            )
+        reply = job.thread_id.message_post(llm_role="assistant", **values)
+        self._close(job, condition, "completed", output_message_id=reply.id)
+
+    def _unrun(self, job, condition: list, result: BatchResult | None, queue, batch: str) -> None:
+        """A job whose request the provider never ran, or gave no result for."""
+        if result is None:
+            reason = f"Provider batch {batch} ended without a result for this request."
+        elif result.outcome == EXPIRED:
+            reason = f"Provider batch {batch} expired before this request ran."
+        else:
+            reason = f"Provider batch {batch} was cancelled before this request ran."
+        if result is not None and queue.batch_requeue_unfinished:
+            self._leave_batch(job, condition, f"{reason} Queued again, to be streamed.", "stream")
+        else:
+            self._fail(job, condition, reason, retryable=True)
+
+    def _leave_batch(self, job, condition: list, reason: str, mode: str | None = None) -> None:
+        """Queue a job of a batch again, in its old place in line (not counted as a retry);
+        as a ``mode`` job when given."""
+        values: dict[str, Any] = {"state": "queued", "started_at": False, "batch_id": False}
+        if mode:
+            values["execution_mode"] = mode
+        if job.write_where(condition, values):
+            self._close_attempts(job, "interrupted", _now(), error=reason)
+            self._signal(QUEUED, [job.provider_id.id])
+            self._signal(PROGRESS, [job.id])
+
+    def _batch_jobs(self, batch):
+        return self.jobs.search([("batch_id", "=", batch.id), ("state", "=", "running")])
+
+    @staticmethod
+    def _in_batch(batch) -> list:
+        return [("state", "=", "running"), ("batch_id", "=", batch.id)]
+
     # -- thread ------------------------------------------------------------------------------
     def busy_job(self, thread_id: int):
         """A job keeping the thread busy (queued, running, or waiting for its retry)."""
@@ -840,6 +1187,7 @@ class JobStore:
                 "error_message": False,
                 "error_kind": False,
                 "external_job_id": False,
+                "batch_id": False,
                 "next_retry_at": False,
                 "cancel_requested": False,
             },

@@ -43,10 +43,17 @@ STATES = [
     ("failed", "Failed"),
     ("cancelled", "Cancelled"),
 ]
+EXECUTION_MODES = [
+    ("stream", "Streamed by a worker"),
+    ("batch", "In a provider batch"),
+    ("background", "As a background response at the provider"),
+]
 DEFAULT_PRIORITY = 0
 MANAGER_GROUP = "llm_thread.group_llm_manager"
 # Set when the job is created, never changed: a job belongs to its thread, provider and user.
-CREATE_ONLY_FIELDS = frozenset({"thread_id", "provider_id", "input_message_id", "user_id"})
+CREATE_ONLY_FIELDS = frozenset(
+    {"thread_id", "provider_id", "input_message_id", "user_id", "execution_mode", "interactive"}
+)
 
 
 def _now() -> dt.datetime:
@@ -75,6 +82,20 @@ class GenerationJob(models.Model):
     output_message_id = fields.Many2one("llm.message", ondelete="set null")
     external_job_id = fields.Char(index=True, help="The provider's id for an asynchronous job")
     provider_data = fields.Json(help="Provider metadata (e.g. an external job's status)")
+    execution_mode = fields.Selection(
+        EXECUTION_MODES,
+        required=True,
+        default="stream",
+        help="How the reply is generated; when a job is created without one, its queue decides",
+    )
+    interactive = fields.Boolean(
+        default=True,
+        help="Someone follows the reply as it comes; a job that is not may go in a provider "
+        "batch (the queue's batch_unattended)",
+    )
+    batch_id = fields.Many2one(
+        "llm.generation.batch", ondelete="set null", index=True, help="Its provider batch"
+    )
     priority = fields.Integer(default=DEFAULT_PRIORITY, index=True, help="Higher runs first")
     retry_count = fields.Integer(default=0)
     max_retries = fields.Integer(default=3)
@@ -134,6 +155,7 @@ class GenerationJob(models.Model):
             self._check_writable(vals, creating=True)
             self._complete_from_thread(vals)
             self._check_inputs(vals.get("generation_inputs"))
+            self._choose_execution_mode(vals)
         return super().create(vals_list)
 
     def write(self, vals):
@@ -225,6 +247,23 @@ class GenerationJob(models.Model):
                     f"Field 'input_message_id' of a generation job must be a message of its "
                     f"thread (message {message_id} is not in thread {thread.id})."
                 )
+
+    def _choose_execution_mode(self, vals: dict) -> None:
+        """The job's execution mode: the one asked for, if its provider can run it, else
+        what its queue says (a job nobody follows goes in a batch when the queue batches
+        unattended jobs)."""
+        if not vals.get("provider_id"):
+            return
+        provider = self.env["llm.provider"].sudo().browse(vals["provider_id"])
+        mode = vals.get("execution_mode")
+        if not mode:
+            queue = self.env["llm.generation.queue"]._get_or_create_queue(provider.id)
+            unattended = vals.get("interactive") is False and queue.batch_unattended
+            vals["execution_mode"] = "batch" if unattended else queue.execution_mode
+            return
+        refusal = provider._execution_mode_refusal(mode)
+        if refusal:
+            raise ValidationError(f"Field 'execution_mode' of a generation job: {refusal}")
 
     def _check_model(self, model_id, provider_id: int) -> None:
         if model_id and self.env["llm.model"].sudo().browse(model_id).provider_id.id != provider_id:
@@ -323,12 +362,14 @@ class GenerationJob(models.Model):
         notifier.listen(*CHANNELS)
         notifier.watch_commits(PROGRESS)
         since = notifier.generation(PROGRESS, self.id)
-        follow = self.state in ACTIVE_STATES and not self.external_job_id
+        follow = self.state in ACTIVE_STATES and not (self.external_job_id or self.batch_id)
         self.env.cr.commit()  # nothing may be read until the wait ends: a read would start a
         if follow:  # transaction that (on SQLite) holds the lock the worker needs
             notifier.wait(PROGRESS, self.id, since, wait)
         if self.state != "running":
             return False
+        if self.batch_id:
+            return self._check_batch()
         if not self.external_job_id:
             return self.provider_id.sudo().check_generation_job_status(self)
         try:
@@ -339,6 +380,44 @@ class GenerationJob(models.Model):
             return False
         self.env.cr.commit()
         return status if status is not None else False
+
+    def _check_batch(self):
+        """The status of a job in a provider batch: its batch polled (at most every few
+        seconds, whoever asks), its results applied once it has ended."""
+        from ..batches import STATUS_CHECK_SECONDS, poll
+
+        batch_id = self.batch_id.id
+        self.env.cr.commit()
+        try:
+            poll(self.pool, batch_id, unless_polled_within=STATUS_CHECK_SECONDS)
+        except Exception as exc:
+            _logger.warning("Status check of provider batch %s failed: %s", batch_id, exc)
+        self.invalidate_recordset()
+        batch = self.sudo().batch_id
+        status = {"state": self.state, "provider_data": self._provider_job()}
+        if self.output_message_id:
+            status["output_message_id"] = self.output_message_id.id
+        if self.error_message:
+            status["error_message"] = self.error_message
+        return status if batch or self.state != "running" else False
+
+    def _provider_job(self) -> dict | None:
+        """What the provider says of the job's batch (or background response): a manager's
+        view of where the job is at the provider."""
+        batch = self.sudo().batch_id
+        if not batch:
+            return None
+        return {
+            "kind": "batch",
+            "id": batch.external_id or None,
+            "state": batch.state,
+            "provider_status": batch.provider_status or None,
+            "request_counts": batch.request_counts or {},
+            "submitted_at": batch.submitted_at or None,
+            "last_polled_at": batch.last_polled_at or None,
+            "ended_at": batch.ended_at or None,
+            "error": batch.error_message or None,
+        }
 
     @api.model
     def cleanup_old_jobs(self, days=7, batch_size=1000, log_hours=24):

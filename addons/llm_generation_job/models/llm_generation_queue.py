@@ -15,7 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from core import UserError, api, fields, models
+from addons.llm_thread import wire
+from core import UserError, ValidationError, api, fields, models
 from core.notify import notifier_for
 
 from ..signals import QUEUED
@@ -55,6 +56,27 @@ class GenerationQueue(models.Model):
         default=3600,
         help="An attempt running longer than this fails (retryable): a reply still streaming "
         "or a provider-side job with no result. The provider's timeout bounds each read.",
+    )
+    execution_mode = fields.Selection(
+        [("stream", "Streamed by a worker"), ("background", "Background responses (OpenAI)")],
+        default="stream",
+        required=True,
+        help="How its jobs' replies are generated, unless a job asks otherwise",
+    )
+    batch_unattended = fields.Boolean(
+        help="Jobs that nobody follows (created with interactive=False) go in provider batches: "
+        "half the price, results within the provider's window (up to 24 hours)"
+    )
+    batch_max_size = fields.Integer(
+        default=1000, help="Requests per batch, at most (within the provider's limit)"
+    )
+    batch_max_wait_seconds = fields.Float(
+        default=60,
+        help="A batch goes once it is full or its oldest job has waited this long",
+    )
+    batch_requeue_unfinished = fields.Boolean(
+        help="A job whose request the provider never ran (its batch expired or was cancelled) "
+        "is queued again as a streamed job, rather than failed to be retried in a batch"
     )
     last_processed_at = fields.Datetime()
     queued_jobs_count = fields.Integer(compute="_compute_counts")
@@ -138,6 +160,29 @@ class GenerationQueue(models.Model):
         matching = [q.id for q in queues if (q.health in wanted) == (operator in ("=", "in"))]
         return [("id", "in", matching)]
 
+    @api.constrains(
+        "execution_mode", "batch_unattended", "batch_max_size", "batch_max_wait_seconds"
+    )
+    def _check_execution(self):
+        for queue in self:
+            provider = queue.provider_id.sudo()
+            refusal = provider._execution_mode_refusal(queue.execution_mode)
+            if not refusal and queue.batch_unattended:
+                refusal = provider._execution_mode_refusal("batch")
+            if refusal:
+                raise ValidationError(f"Queue '{queue.name}': {refusal}")
+            limit = wire.BATCH_PROTOCOLS.get(provider.service)
+            most = limit.MAX_REQUESTS if limit else None
+            if queue.batch_max_size < 1 or (most and queue.batch_max_size > most):
+                raise ValidationError(
+                    f"Queue '{queue.name}': batch_max_size is {queue.batch_max_size}; a batch "
+                    f"holds 1 to {most or 'the provider allows'} requests."
+                )
+            if queue.batch_max_wait_seconds < 0:
+                raise ValidationError(
+                    f"Queue '{queue.name}': batch_max_wait_seconds cannot be negative."
+                )
+
     # -- creation ----------------------------------------------------------------------------
     @api.model_create_multi
     def create(self, vals_list):
@@ -199,10 +244,14 @@ class GenerationQueue(models.Model):
 
     @api.model
     def _check_job_statuses(self):
-        """Cron: take back jobs of dead workers, fail jobs stuck at an external provider, and
-        ask providers about their asynchronous jobs. Returns how many jobs were taken back."""
+        """Cron: take back jobs of dead workers, submit and poll provider batches (one poll
+        per batch), fail jobs stuck at an external provider, and ask providers about their
+        asynchronous jobs. Returns how many jobs were taken back."""
+        from ..batches import tend
+
         recovered = JobStore(self.env).requeue_expired()
         self.env.cr.commit()
+        tend(self.pool)
         jobs = self.env["llm.generation.job"].sudo()
         for job in jobs.search([("state", "=", "running"), ("external_job_id", "!=", False)]):
             queue = self._get_or_create_queue(job.provider_id.id)

@@ -19,6 +19,7 @@ cron, a user's status loop) after the job store checked that caller's rights.
 
 from __future__ import annotations
 
+from addons.llm_thread import wire
 from core import models
 
 from ..execution import stream_job_in_worker
@@ -55,6 +56,29 @@ class LLMProvider(models.Model):
         if implementation is not None:
             return implementation(job_record)
         return True  # a streaming job stops when its worker sees the cancellation
+
+    def _execution_mode_refusal(self, mode: str) -> str | None:
+        """Why this provider cannot run generation jobs in execution ``mode``; None when it
+        can."""
+        self.ensure_one()
+        protocol = self._builtin_protocol() if self._streams_in_worker() else None
+        if mode == "stream":
+            return None
+        if mode == "batch":
+            if protocol in wire.BATCH_PROTOCOLS:
+                return None
+            return (
+                f"provider '{self.name}' (service {self.service}) has no batch API that jobs "
+                f"can use (services {' and '.join(wire.BATCH_PROTOCOLS)} do); use 'stream'."
+            )
+        if mode == "background":
+            if protocol == "openai":
+                return None
+            return (
+                f"provider '{self.name}' (service {self.service}) cannot run background "
+                "responses (the openai service can); use 'stream'."
+            )
+        return f"'{mode}' is not an execution mode (stream, batch or background)."
 
     def _streams_in_worker(self) -> bool:
         """Whether jobs of this provider stream in the worker (no override of the job API)."""

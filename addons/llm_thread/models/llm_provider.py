@@ -157,13 +157,11 @@ class LLMProvider(models.Model):
         service is a built-in protocol and no addon overrides its chat method: what an
         asynchronous client needs, read now, so that nothing is read while it streams.
         None when ``<service>_chat`` must run (an addon's own service)."""
-        self.ensure_one()
-        method = f"{self.service}_chat"
-        builtin = vars(LLMProvider).get(method)
-        if self.service not in wire.PROTOCOLS or getattr(type(self), method) is not builtin:
+        protocol = self._builtin_protocol()
+        if protocol is None:
             return None
         settings = self._wire_settings()
-        return self.service, {
+        return protocol, {
             "provider": settings["provider"],
             "api_base": settings["api_base"],
             "api_key": settings["api_key"],
@@ -172,6 +170,16 @@ class LLMProvider(models.Model):
             "messages": self.format_messages(messages),
             "options": options,
         }
+
+    def _builtin_protocol(self) -> str | None:
+        """The wire protocol this provider's chats speak, when its service is a built-in one
+        and no addon overrides its chat method; else None."""
+        self.ensure_one()
+        method = f"{self.service}_chat"
+        builtin = vars(LLMProvider).get(method)
+        if self.service not in wire.PROTOCOLS or getattr(type(self), method) is not builtin:
+            return None
+        return self.service
 
     def _wire_settings(self) -> dict[str, Any]:
         self.ensure_one()
