@@ -32,8 +32,9 @@ import certifi
 import httpx
 
 from addons.llm_thread import wire
+from addons.llm_thread.models.llm_provider import shared_client
 from addons.llm_thread.wire.errors import ProviderError
-from addons.llm_thread.wire.events import Finish, StreamEvent, TextDelta, Usage
+from addons.llm_thread.wire.events import Finish, Resumable, StreamEvent, TextDelta, Usage
 from core.registry import Registry
 
 from .execution import PreparedAttempt, describe_failure
@@ -55,8 +56,14 @@ class Stream:
     def __init__(self, prepared: PreparedAttempt):
         self.prepared = prepared
         self.lease = prepared.lease
-        self.parts: list[str] = []
+        self.parts: list[str] = [prepared.text] if prepared.text else []
         self.pending: list[str] = []
+        self.added = False  # a piece came in this attempt
+        self.cursor: int | None = None  # the background response's cursor of the last piece
+        # The background response generating it, (id, cursor of its creation), and whether
+        # the writer recorded it.
+        self.response: tuple[str, int] | None = None
+        self.response_saved = False
         self.usage: Usage | None = None
         self.finish: Finish | None = None
         self.outcome: tuple | None = None  # set once, when the stream is over
@@ -70,25 +77,22 @@ class Stream:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def add(self, text: str) -> bool:
-        """Append ``text``; True for the first piece (the writer saves it at once)."""
+    def add(self, text: str, cursor: int | None = None) -> bool:
+        """Append ``text`` (a background response's event ``cursor``); True for the
+        attempt's first piece (the writer saves it at once)."""
         text = text.replace("\x00", "")  # a text column cannot hold NUL on PostgreSQL
         with self.lock:
-            first = not self.parts
+            first, self.added = not self.added, True
             self.parts.append(text)
             self.pending.append(text)
+            self.cursor = cursor if cursor is not None else self.cursor
         return first
 
-    def take(self) -> str:
-        """The text added since the last take."""
+    def take(self) -> tuple[str, int | None]:
+        """The text added since the last take, and the cursor of its last piece."""
         with self.lock:
             taken, self.pending = "".join(self.pending), []
-        return taken
-
-    def put_back(self, text: str) -> None:
-        """A take the writer could not save: it goes first in the next one."""
-        with self.lock:
-            self.pending.insert(0, text)
+            return taken, self.cursor
 
 
 class StreamEngine:
@@ -223,8 +227,11 @@ class StreamEngine:
             async with asyncio.timeout(prepared.deadline):
                 async for event in self._events(prepared):
                     if isinstance(event, TextDelta):
-                        if stream.add(event.text):
+                        if stream.add(event.text, event.cursor):
                             self.writer.wake()  # the first piece is saved at once
+                    elif isinstance(event, Resumable):
+                        stream.response = (event.response_id, event.cursor)
+                        self.writer.wake()  # saved at once: a takeover re-attaches to it
                     elif isinstance(event, Usage):
                         stream.usage = event
                     elif isinstance(event, Finish):
@@ -239,6 +246,12 @@ class StreamEngine:
             if _exhausted(error):  # ours, not the provider's: back-pressure, not a failure
                 _logger.warning("Generation job %s: %s; handed back", stream.lease.job_id, error)
                 outcome = ("release", "The worker ran out of connections or sockets.")
+            elif prepared.resume and isinstance(error, ProviderError) and error.status == 404:
+                text = (
+                    f"Background response {prepared.resume[0]} is gone from the provider; the "
+                    "next attempt generates the reply anew."
+                )
+                outcome = ("fail", text, True)
             else:
                 text, retryable, retry_after = describe_failure(error, stream.lease.job_id)
                 outcome = ("fail", text, retryable, retry_after)
@@ -248,8 +261,23 @@ class StreamEngine:
     def _events(self, prepared: PreparedAttempt) -> AsyncIterator[StreamEvent]:
         if prepared.protocol is not None:
             client = self._clients[prepared.lease.job_id % len(self._clients)]
+            if prepared.background:
+                return wire.astream_background(
+                    client, resume=prepared.resume, **prepared.stream_args
+                )
             return wire.astream_chat(prepared.protocol, client, **prepared.stream_args)
         return self._service_events(prepared)
+
+    def stop_response(self, stream: Stream) -> None:
+        """Cancel at the provider the background response of a stream whose job was
+        cancelled or failed (best effort, off the writer's thread): nobody will read it."""
+        response = stream.response or stream.prepared.resume
+        if response is None:
+            return
+        args = stream.prepared.stream_args
+        threading.Thread(
+            target=_cancel_response, args=(args, response[0]), name="llmjobs-cancel", daemon=True
+        ).start()
 
     async def _service_events(self, prepared: PreparedAttempt) -> AsyncIterator[StreamEvent]:
         """An addon's own service (a synchronous ``<service>_chat`` generator), run in a
@@ -295,6 +323,19 @@ class StreamEngine:
             put("end")
         except BaseException as error:  # handed to the task, which decides
             put("error", error)
+
+
+def _cancel_response(args: dict[str, Any], response_id: str) -> None:
+    try:
+        wire.openai_responses.cancel(
+            shared_client(args.get("timeout")),
+            provider=args["provider"],
+            api_base=args["api_base"],
+            api_key=args["api_key"],
+            response_id=response_id,
+        )
+    except ProviderError as error:
+        _logger.warning("Background response %s was not cancelled: %s", response_id, error)
 
 
 def _exhausted(error: BaseException) -> bool:

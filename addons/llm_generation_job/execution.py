@@ -66,6 +66,9 @@ class PreparedAttempt:
     model: str | None
     messages: list[dict[str, Any]]
     options: dict[str, Any]
+    background: bool = False  # run as a background response (``wire.astream_background``)
+    resume: tuple[str, int] | None = None  # re-attach to this response after this cursor
+    text: str = ""  # the reply so far, when it resumes
 
 
 def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
@@ -80,6 +83,7 @@ def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
     if started is None:
         return None
     protocol, stream_args = wired or (None, {})
+    background = job.execution_mode == "background" and protocol == "openai"
     return PreparedAttempt(
         lease=lease,
         seq=started.seq,
@@ -91,6 +95,9 @@ def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
         model=model,
         messages=messages,
         options=options,
+        background=background,
+        resume=started.resume if background else None,
+        text=started.text if background else "",
     )
 
 

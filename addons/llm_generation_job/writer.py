@@ -3,6 +3,7 @@ every stream of the worker did.
 
 Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends, one transaction:
 
+- the background responses the streams began on are recorded (before their pieces);
 - the text the streams got since the last flush goes to the stream log, a piece per stream;
   the store locks their job rows first, so each piece is fenced by its lease (a stream whose
   lease was lost, or whose cancellation was requested, is stopped and its pieces dropped);
@@ -107,7 +108,8 @@ class Writer:
             self._take(stream)
         flowing = [s for s in streams if s.outcome is None]
         pieces = [p for s in flowing for p in self._unsaved.get(s, ())]
-        if not (pieces or ending or beat):
+        responses = [s for s in streams if s.response and not s.response_saved]
+        if not (pieces or ending or beat or responses):
             return
         try:
             with self.registry.environment() as env:
@@ -115,6 +117,7 @@ class Writer:
                 if self._unsure:
                     self._drop_logged(store, streams)
                     pieces = [p for s in flowing for p in self._unsaved.get(s, ())]
+                store.attach_responses([(s.lease, *s.response) for s in responses])
                 lost = store.append(pieces)
                 results = {stream: self._record(env, store, stream) for stream in ending}
                 if beat:
@@ -123,6 +126,8 @@ class Writer:
             self._unsure = True  # it may have committed before the connection broke
             raise
         self._unsure = False
+        for stream in responses:
+            stream.response_saved = True
         for stream in flowing:
             self._unsaved.pop(stream, None)
         for stream, result in results.items():
@@ -139,13 +144,13 @@ class Writer:
 
     def _take(self, stream: Stream) -> None:
         """The stream's new text becomes its next piece (unsaved until a flush commits)."""
-        text = stream.take()
+        text, cursor = stream.take()
         if not text:
             return
         first = stream not in self._last_seq
         seq = self._last_seq.get(stream, stream.prepared.seq) + 1
         self._last_seq[stream] = seq
-        piece = Piece(stream.lease, seq, stream.prepared.attempt, text, first)
+        piece = Piece(stream.lease, seq, stream.prepared.attempt, text, first, cursor)
         self._unsaved.setdefault(stream, []).append(piece)
 
     def _drop_logged(self, store: JobStore, streams: list[Stream]) -> None:
@@ -183,6 +188,8 @@ class Writer:
     def _done(self, stream: Stream, result: str) -> None:
         self._unsaved.pop(stream, None)
         self._last_seq.pop(stream, None)
+        if result in ("cancelled", "failed"):
+            self.engine.stop_response(stream)
         stream.result = result
         self.engine.forget(stream)
         stream.recorded.set()

@@ -404,7 +404,13 @@ class GenerationJob(models.Model):
     def _provider_job(self) -> dict | None:
         """What the provider says of the job's batch (or background response): a manager's
         view of where the job is at the provider."""
-        batch = self.sudo().batch_id
+        job = self.sudo()
+        batch, response = job.batch_id, (job.provider_data or {}).get("response_id")
+        if response:
+            last = job.env["llm.generation.job.chunk"].search(
+                [("job_id", "=", job.id), ("cursor", "!=", 0)], order="seq desc", limit=1
+            )
+            return {"kind": "response", "id": response, "cursor": last.cursor or None}
         if not batch:
             return None
         return {

@@ -26,3 +26,7 @@ class GenerationJobChunk(models.Model):
     kind = fields.Selection(KINDS, required=True, default="text")
     attempt = fields.Integer(help="The number of the attempt that streamed it")
     content = fields.Text()
+    cursor = fields.Integer(
+        help="A background response's sequence number of the piece's last event: a worker "
+        "taking the job over re-attaches after the last one logged"
+    )
