@@ -11,7 +11,7 @@ with every change of state made by the job store (``store.py``).
     poll         one poll per batch, whoever asks (the status cron, a user's status check);
                  once it has ended its results are read and applied, once; a batch that no job
                  needs any more is cancelled at the provider
-    tend         the status cron's round: recover, submit, poll
+    tend         the status cron's round: fail what is overdue, recover, submit, poll
 
 No transaction is open while the provider is called (on SQLite it would hold the database's
 write lock for the upload; on PostgreSQL a connection): what is read comes first, in a
@@ -199,6 +199,7 @@ def tend(registry: Registry) -> None:
         )
         providers = [group["provider_id"] for group in waiting]
         running = env[BATCH].sudo().search([("state", "=", "running")], order="id").ids
+    retrying(registry, lambda store: store.fail_overdue_batches())
     for batch_id in stale:
         _step(f"Recovering the submission of batch {batch_id}", recover, registry, batch_id)
     for provider_id in providers:

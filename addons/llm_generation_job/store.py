@@ -73,6 +73,9 @@ JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.g
 CHUNK, WORKER, BATCH = "llm.generation.job.chunk", "llm.generation.worker", "llm.generation.batch"
 BATCH_WORKER = "provider batch"  # the worker of a batch job's attempt
 BATCH_SUBMIT_SECONDS = 300.0  # a submission not recorded by then is taken over
+# A batch still running this long after its submission (the providers' window is 24 hours)
+# will not end: its polls fail, or the provider lost it. Its jobs fail, to be retried.
+BATCH_OVERDUE = dt.timedelta(hours=25)
 ACTIVE_STATES = ("queued", "running")
 FINISHED_STATES = ("completed", "failed", "cancelled")
 CLAIM_ORDER = "priority desc, queued_at, id"
@@ -1072,6 +1075,27 @@ class JobStore:
         for job in self._batch_jobs(batch):
             self._leave_batch(job, self._in_batch(batch), reason)
         return True
+
+    def fail_overdue_batches(self) -> int:
+        """Fail the batches still running ``BATCH_OVERDUE`` after their submission, and each
+        of their jobs (retryable). Returns how many jobs failed."""
+        overdue = self.env[BATCH].search(
+            [("state", "=", "running"), ("submitted_at", "<", _now() - BATCH_OVERDUE)]
+        )
+        failed = 0
+        for batch in overdue.lock_for_update(skip_locked=True, domain=[("state", "=", "running")]):
+            hours = BATCH_OVERDUE.total_seconds() / 3600
+            error = (
+                f"Provider batch {batch.external_id} gave no result {hours:g} hours after its "
+                "submission (the provider's window is 24 hours)."
+            )
+            if batch.error_message:
+                error += f" {_sentence(batch.error_message)}"
+            batch.write({"state": "failed", "ended_at": _now(), "error_message": error})
+            for job in self._batch_jobs(batch):
+                self._fail(job, self._in_batch(batch), error, retryable=True)
+                failed += 1
+        return failed
 
     def batch_cancel_sent(self, batch_id: int) -> None:
         """The batch, which no job needs any more, was cancelled at the provider."""

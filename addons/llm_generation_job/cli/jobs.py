@@ -242,6 +242,7 @@ def jobs_show(obj, job_id: int, as_json: bool) -> None:
         "prompt": prompt["body"] if prompt else None,
         "reply": f"[{reply['state']}] {reply['body']}" if reply else None,
         "usage": _usage(reply),
+        "provider_job": _provider_job(detail["provider_job"]),
     }
     print_record(
         record,
@@ -253,6 +254,8 @@ def jobs_show(obj, job_id: int, as_json: bool) -> None:
             ("user", "User"),
             ("thread", "Thread"),
             ("priority", "Priority"),
+            ("execution_mode", "Runs as"),
+            ("provider_job", "At provider"),
             ("retries", "Retries"),
             ("created_at", "Created"),
             ("queued_at", "Queued"),
@@ -272,6 +275,25 @@ def jobs_show(obj, job_id: int, as_json: bool) -> None:
         title=f"Generation job {detail['id']}: {detail['name']}",
         extra=lambda: _print_attempts(detail["attempts"]),
     )
+
+
+def _provider_job(found: dict | None) -> str | None:
+    """A job's batch or background response, as one line."""
+    if not found:
+        return None
+    if found["kind"] == "response":
+        cursor = f", logged through event {found['cursor']}" if found["cursor"] else ""
+        return f"background response {found['id']}{cursor}"
+    counts = ", ".join(f"{count} {name}" for name, count in found["request_counts"].items())
+    polled = found["last_polled_at"]
+    parts = [
+        f"batch {found['id'] or '(being submitted)'}",
+        found["provider_status"] or found["state"],
+        counts,
+        f"last polled {polled:%Y-%m-%d %H:%M:%S}" if polled else "",
+        found["error"] or "",
+    ]
+    return " · ".join(part for part in parts if part)
 
 
 def _usage(reply: dict | None) -> str | None:

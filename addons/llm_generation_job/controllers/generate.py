@@ -2,7 +2,7 @@
 
 ::
 
-    POST /api/threads/{id}/generate   {"content"?, "use_queue"?, "options"?}
+    POST /api/threads/{id}/generate   {"content"?, "use_queue"?, "options"?, "execution_mode"?}
     GET  /api/jobs/{id}/events        the job's events; resumes after ``Last-Event-ID``
     POST /api/threads/{id}/stop       cancel the thread's generation job
 
@@ -24,7 +24,7 @@ marked cancelled. ``POST .../stop`` cancels the thread's queued or running job.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
@@ -58,6 +58,12 @@ class GenerateIn(BaseModel):
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Extra request fields, e.g. temperature, max_tokens"
+    )
+    execution_mode: Literal["stream", "batch", "background"] | None = Field(
+        None,
+        description="How the job's reply is generated (queued): streamed by a worker, in a "
+        "provider batch (half the price, within 24 hours), or as a background response; "
+        "null: as its queue says",
     )
 
 
@@ -98,7 +104,12 @@ def _started(updates: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 def _generation(user: Principal, thread_id: int, body: GenerateIn) -> Iterator[dict[str, Any]]:
     with user.environment() as env:
         thread = visible_record(env, "llm.thread", thread_id, "Thread")
-        yield from thread.generate_response(body.content, use_queue=body.use_queue, **body.options)
+        yield from thread.generate_response(
+            body.content,
+            use_queue=body.use_queue,
+            execution_mode=body.execution_mode,
+            **body.options,
+        )
 
 
 @router.post("/threads/{thread_id}/generate", responses={**EVENTS, **CONFLICT})

@@ -5,7 +5,8 @@
     GET  /api/jobs                 filters (state, provider, model, user, thread, created and
                                    finished dates, free text over errors); newest first,
                                    paginated by cursor: pass ``next_cursor`` back as ``cursor``
-    GET  /api/jobs/{id}            inputs, messages, error, and the attempt timeline
+    GET  /api/jobs/{id}            inputs, messages, error, the attempt timeline, and where
+                                   the job is at its provider (its batch or response)
     POST /api/jobs/{id}/cancel     (409 when it cannot be cancelled in its state)
     POST /api/jobs/{id}/retry
     POST /api/jobs/bulk/{action}   cancel or retry the jobs of ``ids``, or every job matching
@@ -56,6 +57,22 @@ class JobOut(BaseModel):
     duration_seconds: float | None
     can_cancel: bool
     can_retry: bool
+    execution_mode: str = Field(description="stream, batch or background")
+
+
+class ProviderJobOut(BaseModel):
+    """Where the job is at its provider: its batch, or its background response."""
+
+    kind: Literal["batch", "response"]
+    id: str | None = Field(description="The provider's id (none while a batch is submitted)")
+    state: str | None = Field(None, description="A batch's: submitting, running, ended, failed")
+    provider_status: str | None = Field(None, description="The provider's own word for it")
+    request_counts: dict[str, int] = Field(default_factory=dict)
+    submitted_at: dt.datetime | None = None
+    last_polled_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    error: str | None = None
+    cursor: int | None = Field(None, description="A response's last event logged")
 
 
 class AttemptOut(BaseModel):
@@ -76,6 +93,7 @@ class JobDetail(JobOut):
     input_message: MessageOut | None
     output_message: MessageOut | None
     attempts: list[AttemptOut]
+    provider_job: ProviderJobOut | None
 
 
 class JobPage(BaseModel):
@@ -131,6 +149,7 @@ def job_out(job) -> JobOut:
         duration_seconds=job.duration if job.completed_at else None,
         can_cancel=job.can_cancel,
         can_retry=job.can_retry,
+        execution_mode=job.execution_mode,
     )
 
 
@@ -158,6 +177,7 @@ def job_detail(job) -> JobDetail:
         input_message=message_out(job.input_message_id) if job.input_message_id else None,
         output_message=message_out(reply) if reply else None,
         attempts=[_attempt_out(attempt, reply) for attempt in job.attempt_ids],
+        provider_job=ProviderJobOut(**found) if (found := job._provider_job()) else None,
     )
 
 

@@ -49,6 +49,9 @@ class LLMProvider(models.Model):
             status["output_message_id"] = job_record.output_message_id.id
         if job_record.error_message:
             status["error_message"] = job_record.error_message
+        at_provider = job_record._provider_job()
+        if at_provider:
+            status["provider_data"] = at_provider
         return status
 
     def cancel_generation_job(self, job_record):
@@ -92,8 +95,9 @@ class LLMProvider(models.Model):
         ``estimated_wait_time`` (seconds: backlog x average processing time / concurrency),
         ``supports_streaming``, ``supports_cancellation``, ``supports_queue``: whether
         generations of this provider go through its queue by default (its queue exists and
-        is enabled), and ``live_workers``: how many live workers serve that queue. Any user
-        may ask (nothing in it is secret)."""
+        is enabled), ``live_workers``: how many live workers serve that queue, and (with a
+        queue) its ``execution_mode`` and whether it sends unattended jobs in provider
+        batches (``batch_unattended``). Any user may ask (nothing in it is secret)."""
         self.ensure_one()
         provider = self.sudo()
         implementation = provider._job_hook("get_generation_queue_info")
@@ -124,4 +128,6 @@ class LLMProvider(models.Model):
             "supports_cancellation": True,
             "supports_queue": queue.enabled,
             "live_workers": live,
+            "execution_mode": queue.execution_mode,
+            "batch_unattended": queue.batch_unattended,
         }

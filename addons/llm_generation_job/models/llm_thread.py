@@ -11,6 +11,12 @@
 
       {'type': 'generation_mode', 'mode': 'queued' | 'direct', 'reason': '...'}
 
+``execution_mode`` (queued only; default: as the provider's queue says): ``"stream"`` (a
+worker streams the reply), ``"batch"`` (a request of a provider batch: half the price, within
+the provider's window, up to 24 hours) or ``"background"`` (an OpenAI background response,
+which a worker taking over a dead worker's job re-attaches to). Asking for one queues the
+generation.
+
 A thread generates one reply at a time: while one of its jobs is queued, running or waiting
 for its automatic retry, another generation (queued or direct) is refused.
 """
@@ -29,8 +35,20 @@ class LLMThread(models.Model):
 
     generation_job_ids = fields.One2many("llm.generation.job", "thread_id", string="Jobs")
 
-    def generate_response(self, user_message=None, use_queue=None, **options):
+    def generate_response(self, user_message=None, use_queue=None, execution_mode=None, **options):
         self.ensure_one()
+        if execution_mode and use_queue is False:
+            raise UserError(
+                f"execution_mode '{execution_mode}' is how a queued job runs: leave use_queue "
+                "out (or true) to queue the generation, or leave execution_mode out."
+            )
+        if execution_mode and use_queue is None:
+            use_queue = True
+            yield {
+                "type": "generation_mode",
+                "mode": "queued",
+                "reason": f"execution_mode '{execution_mode}' was asked for",
+            }
         if use_queue is None:
             use_queue, reason = self._generation_mode()
             yield {
@@ -42,7 +60,7 @@ class LLMThread(models.Model):
             self._refuse_if_generating()
             yield from super().generate_response(user_message, **options)
             return
-        job = self._queue_generation(user_message, options)
+        job = self._queue_generation(user_message, options, execution_mode)
         posted = updates.message_payload(job.input_message_id) if job.input_message_id else None
         job_id = job.id
         self.env.cr.commit()  # the worker must see the job; nothing is read after this, so no
@@ -67,7 +85,7 @@ class LLMThread(models.Model):
             f"live worker{'s' if workers > 1 else ''}"
         )
 
-    def _queue_generation(self, user_message, options):
+    def _queue_generation(self, user_message, options, execution_mode=None):
         """Post the user message and queue a job for the reply (one transaction)."""
         self._check_generation_options(options)  # before anything is written
         self.lock_for_update()  # "is a job active? then queue one", once per thread at a time
@@ -77,13 +95,14 @@ class LLMThread(models.Model):
             if user_message
             else self.env["llm.message"]
         )
-        job = self.env["llm.generation.job"].create(
-            {
-                "thread_id": self.id,
-                "input_message_id": input_message.id or False,
-                "generation_inputs": {"user_message": user_message, "options": options},
-            }
-        )
+        values = {
+            "thread_id": self.id,
+            "input_message_id": input_message.id or False,
+            "generation_inputs": {"user_message": user_message, "options": options},
+        }
+        if execution_mode:
+            values["execution_mode"] = execution_mode
+        job = self.env["llm.generation.job"].create(values)
         job.action_queue()
         return job
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from core import AccessError
 
-from ..store import RETRY_PENDING, JobStore
+from ..store import BATCH, RETRY_PENDING, JobStore
 from .common import (
     JOB,
     LIST_LIMIT,
@@ -154,6 +154,7 @@ def _stuck(env, briefs: list[dict], now: dt.datetime) -> Found:
         *(_waiting(env, brief, now) for brief in briefs),
         _overdue_retries(env, now),
         _unpolled_external(env, deadlines, now),
+        _unpolled_batches(env, now),
     ):
         stuck += found
         problems += sentences
@@ -310,6 +311,68 @@ def _unpolled_external(env, deadlines: dict[int, float], now: dt.datetime) -> Fo
         "is not running)."
     )
     return stuck, [problem]
+
+
+def _unpolled_batches(env, now: dt.datetime) -> Found:
+    """Jobs in provider batches that nobody polls (no worker runs the status cron), whose
+    polls fail, or whose submission was never recorded."""
+    stale_since = now - dt.timedelta(seconds=POLL_STALE_SECONDS)
+    batches = env(su=True)[BATCH].search(
+        [
+            "|",
+            "&",
+            ("state", "=", "running"),
+            "|",
+            ("last_polled_at", "<", stale_since),
+            ("error_message", "!=", False),
+            "&",
+            ("state", "=", "submitting"),
+            ("create_date", "<", stale_since),
+        ],
+        order="id",
+    )
+    stuck, problems = [], []
+    for batch in batches:
+        jobs = env[JOB].search(
+            [("batch_id", "=", batch.id), ("state", "=", "running")],
+            order="id",
+            limit=LIST_LIMIT - len(stuck),
+        )
+        if not jobs:
+            continue
+        name = f"provider batch {batch.external_id or batch.id}"
+        if batch.state == "submitting":
+            kind, why = (
+                "batch_unsubmitted",
+                (
+                    "its submission was never recorded; the status cron takes it over (finds it at "
+                    "the provider, or queues its jobs again) once its claim expires."
+                ),
+            )
+        elif batch.error_message:
+            kind, why = "batch_poll_failing", f"{_sentence_start(batch.error_message)}"
+        else:
+            kind, why = (
+                "batch_unpolled",
+                (
+                    f"not polled since {_clock(batch.last_polled_at)}: the status cron "
+                    f"({STATUS_CRON[0]}.{STATUS_CRON[1]}) runs in workers, and none has run it; "
+                    "start a worker (`llmjobs worker`) with the crons of cron.yaml."
+                ),
+            )
+        stuck += [
+            {**summary, "kind": kind, "reason": f"In {name}: {why}", "fix": None}
+            for summary in job_summaries(jobs, now)
+        ]
+        count = env[JOB].search_count([("batch_id", "=", batch.id), ("state", "=", "running")])
+        problems.append(f"{_jobs(count)} in {name} of '{batch.provider_id.name}': {why}")
+        if len(stuck) >= LIST_LIMIT:
+            break
+    return stuck, problems
+
+
+def _sentence_start(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def fix_stuck(env, now: dt.datetime | None = None) -> list[str]:

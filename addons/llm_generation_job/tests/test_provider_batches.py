@@ -6,6 +6,7 @@ an expired batch, a cancelled job, overlapping status checks, a submitter that d
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 
@@ -363,3 +364,98 @@ def test_the_execution_mode_is_checked(registry, users, make_simulator):
             env["llm.generation.job"].create({"thread_id": thread_id, "execution_mode": "batch"})
         job = env["llm.generation.job"].create({"thread_id": thread_id, "interactive": False})
         assert job.execution_mode == "stream"  # the queue does not batch
+
+
+@pytest.mark.slow
+def test_a_batch_generation_as_a_user_meets_it(
+    registry, setup, users, api, start_workers, tmp_path, db_url
+):
+    """Alice asks over HTTP for a reply generated in a provider batch; a worker process
+    (its status cron every 2 s) submits and polls it; she follows the job's events to the end,
+    reads where it is at the provider in the API, and an operator reads it in the CLI."""
+    from addons.llm_thread.tests.command_line import Llmjobs
+
+    from .test_http_api import events
+
+    server, provider_id, _, _ = setup(1, batch_max_size=1, batch_max_wait_seconds=0)
+    with registry.environment() as env:
+        thread = env["llm.thread"].create(
+            {"name": "Batched", "user_id": users["alice"], "provider_id": provider_id}
+        )
+        thread_id = thread.id
+    crons = tmp_path / "status-cron.yaml"
+    crons.write_text(
+        "- name: check_generation_job_statuses\n  model: llm.generation.queue\n"
+        "  method: _check_job_statuses\n  interval: 2 seconds\n"
+    )
+    start_workers(1, LLMJOBS_CRON_FILE=str(crons))
+    alice = api.client("alice")
+    found = events(
+        alice,
+        "POST",
+        f"/api/threads/{thread_id}/generate",
+        json={"content": "What does a batch cost?", "execution_mode": "batch"},
+        timeout=120,
+    )
+    kinds = [event.event for event in found]
+    assert kinds[0] == "generation_mode" and "execution_mode 'batch'" in found[0].data
+    assert kinds[-1] == "done", kinds
+    assert reply_text("What does a batch cost?", TOKENS) in found[-1].data
+    job_id = next(json.loads(e.data)["job_id"] for e in found if e.event == "job_status")
+
+    detail = alice.get(f"/api/jobs/{job_id}").json()
+    assert detail["state"] == "completed" and detail["execution_mode"] == "batch"
+    at = detail["provider_job"]
+    assert at["kind"] == "batch" and at["state"] == "ended" and at["id"]
+    assert at["provider_status"] in ("completed", "ended") and at["last_polled_at"]
+    assert sum(at["request_counts"].values()) >= 1
+    assert [a["worker"] for a in detail["attempts"]] == ["provider batch"]
+    assert KEY not in json.dumps(detail)
+
+    shown = Llmjobs(db_url, tmp_path).run("jobs", "show", str(job_id))
+    assert shown.returncode == 0, shown.stderr
+    assert f"batch {at['id']}" in shown.stdout and "last polled" in shown.stdout
+    runs_as = next(line for line in shown.stdout.splitlines() if line.startswith("Runs as"))
+    assert runs_as.split()[-1] == "batch" and KEY not in shown.stdout
+    assert server.stats()["batches"] >= 1
+
+
+def test_diagnostics_name_a_batch_whose_polls_fail_or_stopped(registry, setup, users):
+    from addons.llm_generation_job import monitoring
+
+    server, _, job_ids, _ = setup(2, server_settings={"batch_request_seconds": 5})
+    status_round(registry)
+    server.stop()  # the provider is unreachable from now on
+    status_round(registry)
+    with registry.environment(user=users["alice"]) as env:
+        found = monitoring.diagnose(env)
+        failing = [item for item in found["stuck"] if item["kind"] == "batch_poll_failing"]
+        assert sorted(item["id"] for item in failing) == sorted(job_ids)
+        assert "the last poll failed: Provider 'batcher' failed" in failing[0]["reason"]
+        assert any("2 jobs in provider batch" in problem for problem in found["problems"])
+    with registry.environment() as env:  # nobody polls it for ten minutes
+        batch = env["llm.generation.job"].browse(job_ids[0]).batch_id
+        ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+        batch.write({"error_message": False, "last_polled_at": ago})
+    with registry.environment(user=users["alice"]) as env:
+        kinds = {item["kind"] for item in monitoring.diagnose(env)["stuck"]}
+        assert "batch_unpolled" in kinds
+    with registry.environment(user=users["bob"]) as env:  # not his jobs
+        assert not monitoring.diagnose(env)["stuck"]
+
+
+def test_a_batch_that_never_ends_fails_its_jobs_to_be_retried(registry, setup):
+    server, _, job_ids, _ = setup(2, server_settings={"batch_request_seconds": 60})
+    status_round(registry)
+    server.stop()
+    with registry.environment() as env:  # submitted 26 hours ago, polls failing since
+        batch = env["llm.generation.job"].browse(job_ids[0]).batch_id
+        batch.write({"submitted_at": dt.datetime.now(dt.UTC) - dt.timedelta(hours=26)})
+    status_round(registry)
+    with registry.environment(readonly=True) as env:
+        jobs = env["llm.generation.job"].browse(job_ids)
+        assert set(jobs.mapped("state")) == {"failed"}
+        assert set(jobs.mapped("error_kind")) == {"retryable"}
+        assert all(job.next_retry_at for job in jobs)
+        assert "gave no result 25 hours after its submission" in jobs[0].error_message
+        assert jobs.mapped("batch_id").state == "failed"
