@@ -4,7 +4,8 @@ to change its limit and retry policy, and pause and resume.
 ::
 
     GET  /web/queues
-    POST /web/queues/{id}                 (managers) limit, retry policy, attempt deadline
+    POST /web/queues/{id}                 (managers) limit, retry policy, attempt deadline,
+                                          execution mode, provider batches
     POST /web/queues/{id}/pause|resume    (managers)
 
 The form is checked by the API's own ``QueuePatch`` and written by ``queue.write`` as the
@@ -32,7 +33,13 @@ LABELS = {
     "retry_delay_minutes": "Retry delay",
     "attempt_deadline_seconds": "Attempt deadline",
     "auto_retry_failed": "Automatic retries",
+    "execution_mode": "Replies",
+    "batch_unattended": "Unattended jobs in batches",
+    "batch_max_size": "Batch size",
+    "batch_max_wait_seconds": "Batch wait",
+    "batch_requeue_unfinished": "Stream again what a batch never ran",
 }
+REQUIRED = ("max_concurrent_jobs", "retry_delay_minutes", "attempt_deadline_seconds")
 
 
 def _queues_page(
@@ -69,15 +76,26 @@ def update_queue(
     retry_delay_minutes: Annotated[str, Form()] = "",
     attempt_deadline_seconds: Annotated[str, Form()] = "",
     auto_retry_failed: Annotated[bool, Form()] = False,
+    execution_mode: Annotated[str, Form()] = "",
+    batch_unattended: Annotated[bool, Form()] = False,
+    batch_max_size: Annotated[str, Form()] = "",
+    batch_max_wait_seconds: Annotated[str, Form()] = "",
+    batch_requeue_unfinished: Annotated[bool, Form()] = False,
 ) -> Response:
-    """Save a queue's form (every field of it: an unticked box is "no")."""
+    """Save a queue's form (every field of it: an unticked box is "no"; a batch setting left
+    empty is kept)."""
     values = {
         "max_concurrent_jobs": max_concurrent_jobs,
         "retry_delay_minutes": retry_delay_minutes,
         "attempt_deadline_seconds": attempt_deadline_seconds,
         "auto_retry_failed": auto_retry_failed,
+        "execution_mode": execution_mode,
+        "batch_unattended": batch_unattended,
+        "batch_max_size": batch_max_size,
+        "batch_max_wait_seconds": batch_max_wait_seconds,
+        "batch_requeue_unfinished": batch_requeue_unfinished,
     }
-    missing = {name: f"{LABELS[name]}: enter a number." for name in values if values[name] == ""}
+    missing = {name: f"{LABELS[name]}: enter a number." for name in REQUIRED if values[name] == ""}
     if missing:
         return _queues_page(request, user, queue_id, values, missing)
     try:

@@ -294,3 +294,46 @@ def test_the_login_page_names_no_user_and_keeps_what_was_typed(site, web):
     empty = client.post("/web/login", data=data)
     assert empty.status_code == 400 and "Enter your login and your password." in empty.text
     assert 'value="maya"' in empty.text and "Log out" not in empty.text
+
+
+def test_a_manager_sends_unattended_jobs_in_batches_and_a_job_shows_its_batch(site, web):
+    maya, alice = web("manager"), web("alice")
+    form = {
+        "csrf_token": maya.csrf,
+        "max_concurrent_jobs": "5",
+        "retry_delay_minutes": "5",
+        "attempt_deadline_seconds": "3600",
+        "auto_retry_failed": "true",
+        "execution_mode": "stream",
+        "batch_unattended": "true",
+        "batch_max_size": "1",
+        "batch_max_wait_seconds": "30",
+    }
+    refused = maya.post(f"/web/queues/{site.queue_id}", data={**form, "batch_max_size": "0"})
+    assert refused.status_code == 422 and "Batch size: Input should be greater" in refused.text
+    saved = maya.post(f"/web/queues/{site.queue_id}", data=form)
+    assert saved.status_code == 303
+    with site.registry.environment(readonly=True) as env:
+        queue = env["llm.generation.queue"].browse(site.queue_id)
+        assert queue.batch_unattended and queue.batch_max_size == 1
+        assert queue.batch_max_wait_seconds == 30 and not queue.batch_requeue_unfinished
+
+    thread_id = site.thread("alice", "Overnight")
+    with site.registry.environment(user=site.users["alice"]) as env:
+        job = env["llm.generation.job"].create(
+            {"thread_id": thread_id, "interactive": False, "generation_inputs": {"prompt": "Hi"}}
+        )
+        job.action_queue()
+        job_id = job.id
+    with site.registry.environment() as env:  # the status cron's round submits it
+        env["llm.generation.queue"]._check_job_statuses()
+        batch = env["llm.generation.job"].browse(job_id).batch_id
+        assert batch.external_id
+        external_id = batch.external_id
+    page = alice.get(f"/web/jobs/{job_id}")
+    assert page.status_code == 200
+    assert "a request of a provider batch" in page.text
+    assert f'<span class="mono">{external_id}</span>' in page.text
+    queues = maya.get("/web/queues").text
+    assert 'class="batch-count">1 job in 1 batch<' in queues
+    assert re.search(r"Running</dt><dd>0 of", queues)  # batch jobs take no worker slot

@@ -21,6 +21,11 @@ OPTIONS = {
     "auto_retry_failed": "--auto-retry/--no-auto-retry",
     "retry_delay_minutes": "--retry-delay",
     "attempt_deadline_seconds": "--attempt-deadline",
+    "execution_mode": "--execution-mode",
+    "batch_unattended": "--batch-unattended/--no-batch-unattended",
+    "batch_max_size": "--batch-max-size",
+    "batch_max_wait_seconds": "--batch-max-wait",
+    "batch_requeue_unfinished": "--batch-requeue-unfinished/--no-batch-requeue-unfinished",
 }
 
 
@@ -62,11 +67,12 @@ def _display(queue: dict) -> dict:
     rate = performance["success_rate"]  # 0 when none finished in the window: say nothing then
     if not rate and not counts.get("failed"):
         rate = None
+    in_workers = counts.get("running", 0) - queue["batch_jobs"]
     return {
         **queue,
         "queue": queue["provider_name"],
         "backlog": counts.get("queued", 0),
-        "running": f"{counts.get('running', 0)}/{queue['max_concurrent_jobs']}",
+        "running": f"{in_workers}/{queue['max_concurrent_jobs']}",
         "oldest": _age(performance["oldest_queued_age"]),
         "success": f"{rate:.0f}%" if rate is not None else None,
         "failed": counts.get("failed", 0),
@@ -74,6 +80,13 @@ def _display(queue: dict) -> dict:
             f"auto, {queue['retry_delay_minutes']} min" if queue["auto_retry_failed"] else "off"
         ),
         "deadline": f"{queue['attempt_deadline_seconds']:g} s",
+        "mode": queue["execution_mode"]
+        + (
+            f"; unattended in batches (up to {queue['batch_max_size']}, "
+            f"{queue['batch_max_wait_seconds']:g} s), {queue['running_batches']} running"
+            if queue["batch_unattended"]
+            else ""
+        ),
     }
 
 
@@ -89,6 +102,7 @@ COLUMNS = [
     ("failed", "Failed"),
     ("retry", "Retry"),
     ("deadline", "Attempt deadline"),
+    ("mode", "Runs jobs"),
 ]
 
 
@@ -141,6 +155,28 @@ def queues_list(obj, as_json: bool) -> None:
     metavar="SECONDS",
     help="An attempt running longer fails (retryably).",
 )
+@click.option(
+    "--execution-mode",
+    type=click.Choice(["stream", "background"]),
+    help="How replies are generated: streamed, or as OpenAI background responses.",
+)
+@click.option(
+    "--batch-unattended/--no-batch-unattended",
+    default=None,
+    help="Send jobs nobody follows (interactive=False) in provider batches.",
+)
+@click.option("--batch-max-size", type=int, metavar="REQUESTS", help="Requests per batch.")
+@click.option(
+    "--batch-max-wait",
+    type=float,
+    metavar="SECONDS",
+    help="A partial batch goes once its oldest job has waited this long.",
+)
+@click.option(
+    "--batch-requeue-unfinished/--no-batch-requeue-unfinished",
+    default=None,
+    help="Stream again what a batch never ran (expired, cancelled) instead of failing it.",
+)
 @json_option
 @click.pass_obj
 def queues_set(
@@ -150,6 +186,11 @@ def queues_set(
     auto_retry: bool | None,
     retry_delay: int | None,
     attempt_deadline: float | None,
+    execution_mode: str | None,
+    batch_unattended: bool | None,
+    batch_max_size: int | None,
+    batch_max_wait: float | None,
+    batch_requeue_unfinished: bool | None,
     as_json: bool,
 ) -> None:
     """Configure the queue NAME_OR_ID (its provider's name, or its id): only what is given
@@ -161,6 +202,11 @@ def queues_set(
         "auto_retry_failed": auto_retry,
         "retry_delay_minutes": retry_delay,
         "attempt_deadline_seconds": attempt_deadline,
+        "execution_mode": execution_mode,
+        "batch_unattended": batch_unattended,
+        "batch_max_size": batch_max_size,
+        "batch_max_wait_seconds": batch_max_wait,
+        "batch_requeue_unfinished": batch_requeue_unfinished,
     }
     try:
         values = QueuePatch(**given).model_dump(exclude_none=True)

@@ -4,7 +4,8 @@
 
     GET   /api/queues               every queue: configuration, live counts, health, stats
     GET   /api/queues/{id}
-    PATCH /api/queues/{id}          (LLM managers) limits and retry policy
+    PATCH /api/queues/{id}          (LLM managers) limits, retry policy, execution mode and
+                                    provider batches
     POST  /api/queues/{id}/pause    (LLM managers) start no more jobs
     POST  /api/queues/{id}/resume   (LLM managers)
     GET   /api/workers              (LLM managers) workers: last beat, slots, running jobs
@@ -16,7 +17,7 @@ statistics count every user's jobs but show none of them.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
@@ -34,6 +35,17 @@ class QueuePatch(BaseModel):
     auto_retry_failed: bool | None = None
     retry_delay_minutes: int | None = Field(None, ge=0, le=10_080)
     attempt_deadline_seconds: float | None = Field(None, gt=0, le=7 * 86400)
+    execution_mode: Literal["stream", "background"] | None = Field(
+        None, description="How its jobs' replies are generated unless a job asks otherwise"
+    )
+    batch_unattended: bool | None = Field(
+        None, description="Jobs created with interactive=false go in provider batches"
+    )
+    batch_max_size: int | None = Field(None, ge=1, le=100_000)
+    batch_max_wait_seconds: float | None = Field(None, ge=0, le=86400)
+    batch_requeue_unfinished: bool | None = Field(
+        None, description="A request a batch never ran is queued again, to be streamed"
+    )
 
 
 class QueueOut(BaseModel):
@@ -46,6 +58,13 @@ class QueueOut(BaseModel):
     auto_retry_failed: bool
     retry_delay_minutes: int
     attempt_deadline_seconds: float
+    execution_mode: str
+    batch_unattended: bool
+    batch_max_size: int
+    batch_max_wait_seconds: float
+    batch_requeue_unfinished: bool
+    running_batches: int = Field(description="Its provider batches not ended yet")
+    batch_jobs: int = Field(description="Its running jobs that are in provider batches")
     health: str
     live_workers: int
     job_counts: dict[str, int]
@@ -80,6 +99,17 @@ def queue_out(queue, window_hours: float = 24) -> QueueOut:
         auto_retry_failed=queue.auto_retry_failed,
         retry_delay_minutes=queue.retry_delay_minutes,
         attempt_deadline_seconds=queue.attempt_deadline_seconds,
+        execution_mode=queue.execution_mode,
+        batch_unattended=queue.batch_unattended,
+        batch_max_size=queue.batch_max_size,
+        batch_max_wait_seconds=queue.batch_max_wait_seconds,
+        batch_requeue_unfinished=queue.batch_requeue_unfinished,
+        running_batches=queue.env["llm.generation.batch"]
+        .sudo()
+        .search_count(
+            [("provider_id", "=", queue.provider_id.id), ("state", "in", ["submitting", "running"])]
+        ),
+        batch_jobs=queue.batch_jobs_count,
         health=stats["queue_health"],
         live_workers=workers,
         job_counts=stats["job_counts"],

@@ -393,13 +393,12 @@ class GenerationJob(models.Model):
         except Exception as exc:
             _logger.warning("Status check of provider batch %s failed: %s", batch_id, exc)
         self.invalidate_recordset()
-        batch = self.sudo().batch_id
         status = {"state": self.state, "provider_data": self._provider_job()}
         if self.output_message_id:
             status["output_message_id"] = self.output_message_id.id
         if self.error_message:
             status["error_message"] = self.error_message
-        return status if batch or self.state != "running" else False
+        return status
 
     def _provider_job(self) -> dict | None:
         """What the provider says of the job's batch (or background response): a manager's

@@ -80,7 +80,12 @@ class GenerationQueue(models.Model):
     )
     last_processed_at = fields.Datetime()
     queued_jobs_count = fields.Integer(compute="_compute_counts")
-    current_running_jobs = fields.Integer(compute="_compute_counts")
+    current_running_jobs = fields.Integer(
+        compute="_compute_counts", help="Jobs running in workers (not those in provider batches)"
+    )
+    batch_jobs_count = fields.Integer(
+        compute="_compute_counts", help="Jobs running in provider batches"
+    )
     failed_jobs_count = fields.Integer(compute="_compute_counts")
     health = fields.Selection(HEALTH, compute="_compute_health", search="_search_health")
 
@@ -91,10 +96,26 @@ class GenerationQueue(models.Model):
 
     def _compute_counts(self):
         counts = self._state_counts()
+        groups = (
+            self.env["llm.generation.job"]
+            .sudo()
+            .read_group(
+                [
+                    ("provider_id", "in", self.mapped("provider_id").ids),
+                    ("state", "=", "running"),
+                    ("batch_id", "!=", False),
+                ],
+                ["provider_id"],
+                ["__count"],
+            )
+        )
+        in_batches = {group["provider_id"]: group["__count"] for group in groups}
         for queue in self:
             by_state = counts.get(queue.provider_id.id, {})
+            batched = in_batches.get(queue.provider_id.id, 0)
             queue.queued_jobs_count = by_state.get("queued", 0)
-            queue.current_running_jobs = by_state.get("running", 0)
+            queue.current_running_jobs = by_state.get("running", 0) - batched
+            queue.batch_jobs_count = batched
             queue.failed_jobs_count = by_state.get("failed", 0)
 
     def _state_counts(self) -> dict[int, dict[str, int]]:

@@ -53,10 +53,15 @@ def is_manager(env) -> bool:
 
 
 def _active_counts(su) -> dict[int, dict[str, int]]:
-    """Queued and running jobs per provider."""
-    groups = su[JOB].read_group(
-        [("state", "in", ["queued", "running"])], ["provider_id", "state"], ["__count"]
-    )
+    """Queued jobs, and jobs running in workers (not in provider batches), per provider."""
+    active = [
+        "|",
+        ("state", "=", "queued"),
+        "&",
+        ("state", "=", "running"),
+        ("batch_id", "=", False),
+    ]
+    groups = su[JOB].read_group(active, ["provider_id", "state"], ["__count"])
     counts: dict[int, dict[str, int]] = defaultdict(dict)
     for group in groups:
         counts[group["provider_id"]][group["state"]] = group["__count"]

@@ -459,3 +459,41 @@ def test_a_batch_that_never_ends_fails_its_jobs_to_be_retried(registry, setup):
         assert all(job.next_retry_at for job in jobs)
         assert "gave no result 25 hours after its submission" in jobs[0].error_message
         assert jobs.mapped("batch_id").state == "failed"
+
+
+def test_managers_configure_batches_over_http_and_the_cli(registry, api, users, tmp_path, db_url):
+    from addons.llm_thread.tests.command_line import Llmjobs
+
+    with registry.environment() as env:
+        queues = env["llm.generation.queue"]
+        openai = env["llm.provider"].create(
+            {"name": "oa", "service": "openai", "api_base": "http://127.0.0.1:9/v1"}
+        )
+        local = env["llm.provider"].create(
+            {"name": "local", "service": "ollama", "api_base": "http://127.0.0.1:9"}
+        )
+        openai_queue = queues._get_or_create_queue(openai.id).id
+        local_queue = queues._get_or_create_queue(local.id).id
+    maya, alice = api.client("manager"), api.client("alice")
+    patch = {"batch_unattended": True, "batch_max_size": 500, "batch_max_wait_seconds": 120}
+    assert alice.patch(f"/api/queues/{openai_queue}", json=patch).status_code == 403
+    changed = maya.patch(f"/api/queues/{openai_queue}", json=patch)
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["batch_unattended"] and body["batch_max_size"] == 500
+    assert body["execution_mode"] == "stream" and body["running_batches"] == 0
+    refused = maya.patch(f"/api/queues/{local_queue}", json={"batch_unattended": True})
+    assert refused.status_code == 422 and "no batch API" in refused.text
+    too_big = maya.patch(f"/api/queues/{openai_queue}", json={"batch_max_size": 60_000})
+    assert too_big.status_code == 422 and "1 to 50000 requests" in too_big.text
+
+    cli = Llmjobs(db_url, tmp_path)
+    done = cli.run("queues", "set", "oa", "--execution-mode", "background", "--batch-max-wait", "5")
+    assert done.returncode == 0, done.stderr
+    assert "background; unattended in batches (up to 500, 5 s)" in done.stdout
+    failed = cli.run("queues", "set", "local", "--execution-mode", "background")
+    assert failed.returncode != 0 and "cannot run background responses" in failed.stderr
+    with registry.environment(readonly=True) as env:
+        queue = env["llm.generation.queue"].browse(openai_queue)
+        assert (queue.execution_mode, queue.batch_max_wait_seconds) == ("background", 5)
+        assert env["llm.generation.queue"].browse(local_queue).execution_mode == "stream"
