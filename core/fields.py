@@ -34,7 +34,7 @@ from .exceptions import RegistryError, ValidationError
 if TYPE_CHECKING:
     from .models import BaseModel
 
-_UNSET: Any = object()
+UNSET: Any = object()
 # Integer, Many2one and id columns are INTEGER: 32 bits on PostgreSQL, whatever SQLite takes.
 INTEGER_RANGE = (-(2**31), 2**31 - 1)
 
@@ -83,7 +83,7 @@ class Field:
         self.string: str = args.get("string") or name.replace("_", " ").capitalize()
         self.help: str = args.get("help", "")
         self.required: bool = args.get("required", False)
-        self.default = args.get("default", _UNSET)
+        self.default = args.get("default", UNSET)
         self.index: bool = args.get("index", False)
         self.related: str | None = args.get("related")
         self.compute = args.get("compute")
@@ -707,11 +707,11 @@ class Command:
 
 
 def default_value(field: Field, model: BaseModel) -> Any:
-    """The field's default for a new record of ``model`` (``_UNSET`` when it has none)."""
+    """The field's default for a new record of ``model`` (``UNSET`` when it has none)."""
     default = field.default
-    if default is _UNSET:
-        return _UNSET
+    if default is UNSET:
+        return UNSET
     return default(model) if isinstance(default, Callable) else default
 
 
-UNSET = _UNSET
+UNSET = UNSET

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -21,6 +21,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 
 from .exceptions import RegistryError
+from .fields import UNSET
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -58,6 +59,9 @@ def build_metadata(registry: Registry) -> tuple[sa.MetaData, dict[str, sa.Table]
                 columns.append(field.sql_column(comodel._table))
             else:
                 columns.append(field.sql_column())
+                fill = constant_default(field)
+                if fill is not None:
+                    columns[-1].info["fill"] = fill
         for name, definition, message in model._sql_constraints:
             match = _UNIQUE.match(definition)
             if not match:
@@ -138,6 +142,13 @@ def sync(connection: Connection, metadata: sa.MetaData) -> list[str]:
             else:
                 operations.add_column(table, _detached(column))
             done.append(f"added column {table}.{column.name}")
+            if "fill" in column.info:  # the rows already there get the field's default
+                target = metadata.tables[table]
+                connection.execute(
+                    target.update()
+                    .where(target.c[column.name].is_(None))
+                    .values({column.name: column.info["fill"]})
+                )
         elif kind == "add_index":
             index = diff[1]
             operations.create_index(
@@ -187,6 +198,15 @@ def sync(connection: Connection, metadata: sa.MetaData) -> list[str]:
     for step in done:
         _logger.info("Schema: %s", step)
     return done
+
+
+def constant_default(field) -> Any:
+    """The column value of ``field``'s default when it is a constant (not a function), else
+    None: what a column added to a table with rows fills them with."""
+    default = field.default
+    if default is UNSET or default is None or default is False or callable(default):
+        return None
+    return field.convert_to_column(field.convert_to_cache(default))
 
 
 def _add_sqlite_reference(connection: Connection, table: str, column: sa.Column) -> None:

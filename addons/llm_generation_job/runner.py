@@ -215,7 +215,11 @@ class JobRunner:
                     domain.append(("provider_id", "in", self._provider_ids))
                 providers = env["llm.generation.queue"].search(domain).mapped("provider_id")
                 waiting = env["llm.generation.job"].read_group(
-                    [("provider_id", "in", providers.ids), ("state", "=", "queued")],
+                    [
+                        ("provider_id", "in", providers.ids),
+                        ("state", "=", "queued"),
+                        ("execution_mode", "!=", "batch"),  # the status cron sends those
+                    ],
                     ["provider_id"],
                     ["__count"],
                 )
