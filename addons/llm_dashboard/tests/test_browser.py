@@ -173,3 +173,44 @@ def test_the_overview_updates_live(site, alice_page):
         }"""
     )
     expect(queued).to_have_text("3", timeout=10_000)
+
+
+def test_a_manager_batches_unattended_jobs_and_a_user_watches_hers_complete(
+    site, maya_page, alice_page
+):
+    page = maya_page
+    page.goto("/web/queues")
+    card = page.locator(f"#queue-{site.queue_id}")
+    card.locator("input[name=batch_unattended]").check()
+    card.locator("input[name=batch_max_size]").fill("1")
+    card.locator(".queue-form button[type=submit]").click()
+    expect(page.locator(f"#queue-{site.queue_id} input[name=batch_unattended]")).to_be_checked()
+    with site.registry.environment(readonly=True) as env:
+        assert env["llm.generation.queue"].browse(site.queue_id).batch_unattended
+
+    thread_id = site.thread("alice", "Overnight summary")
+    with site.registry.environment(user=site.users["alice"]) as env:
+        job = env["llm.generation.job"].create(
+            {"thread_id": thread_id, "interactive": False, "generation_inputs": {"prompt": "Hi"}}
+        )
+        job.action_queue()
+        job_id = job.id
+    with site.registry.environment() as env:  # the status cron's round submits it
+        env["llm.generation.queue"]._check_job_statuses()
+    page.goto("/web/queues")
+    expect(page.locator(f"#queue-{site.queue_id} .batch-count")).to_have_text("1 job in 1 batch")
+    screenshot(page, "queues-with-a-batch")
+
+    page = alice_page
+    page.goto(f"/web/jobs/{job_id}")
+    expect(page.locator(".provider-job")).to_contain_text("batch batch_")
+    site.wait_job(job_id, "running")
+    with site.registry.environment() as env:  # the next round finds it ended and applies it
+        deadline = time.monotonic() + 10
+        while env["llm.generation.job"].browse(job_id).state == "running":
+            assert time.monotonic() < deadline
+            env["llm.generation.queue"]._check_job_statuses()
+            env["llm.generation.job"].browse(job_id).invalidate_recordset()
+    expect(page.locator("#job-state")).to_contain_text("completed")
+    expect(page.locator(".provider-job")).to_contain_text("completed · 1 total · 1 completed")
+    screenshot(page, "job-in-a-batch")
