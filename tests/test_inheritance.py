@@ -82,7 +82,7 @@ def test_adding_an_extension_adds_its_column_to_an_existing_database(make_regist
     registry = make_registry(addons_path=[folder], addons=[extension])
     with registry.environment() as env:
         old = env["tmp.thing"].search([("name", "=", "old")])
-        assert old.colour is False  # existing rows get NULL, defaults apply to new records
+        assert old.colour == "blue"  # existing rows get a constant default, as in Odoo
         old.colour = "red"
         assert env["tmp.thing"].search([("colour", "=", "red")]) == old
 

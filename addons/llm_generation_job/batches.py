@@ -172,11 +172,10 @@ def poll(registry: Registry, batch_id: int, *, unless_polled_within: float = 0.0
         )
         cancel = not needed and not batch.cancel_sent_at
     try:
-        if cancel:
+        state = module.retrieve(client, batch_id=external_id, **settings)
+        if cancel and not state.ended:
             state = module.cancel(client, batch_id=external_id, **settings)
             retrying(registry, lambda store: store.batch_cancel_sent(batch_id))
-        else:
-            state = module.retrieve(client, batch_id=external_id, **settings)
         results = list(module.results(client, state=state, **settings)) if state.ended else []
     except ProviderError as error:
         summary = error.summary
