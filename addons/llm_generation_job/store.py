@@ -1097,6 +1097,21 @@ class JobStore:
                 failed += 1
         return failed
 
+    def forget_batches(self, ended_before: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` batches that ended (or failed) before ``ended_before`` and
+        have no job left (the cleanup deleted them); returns how many."""
+        gone = self.env[BATCH].search(
+            [
+                ("state", "in", ["ended", "failed"]),
+                ("ended_at", "<", ended_before),
+                ("job_ids", "=", False),
+            ],
+            limit=limit,
+            order="id",
+        )
+        gone.unlink()
+        return len(gone)
+
     def batch_cancel_sent(self, batch_id: int) -> None:
         """The batch, which no job needs any more, was cancelled at the provider."""
         self.env[BATCH].browse(batch_id).write_where(

@@ -426,9 +426,10 @@ class GenerationJob(models.Model):
 
     @api.model
     def cleanup_old_jobs(self, days=7, batch_size=1000, log_hours=24):
-        """Delete finished jobs created more than ``days`` days ago, and the stream logs of
-        jobs finished more than ``log_hours`` hours ago (their replies stay, in their
-        messages), in batches (each batch committed). Returns how many jobs were deleted.
+        """Delete finished jobs created more than ``days`` days ago (then the provider batches
+        that ended that long ago and hold none of the jobs left), and the stream logs of jobs
+        finished more than ``log_hours`` hours ago (their replies stay, in their messages), in
+        batches (each batch committed). Returns how many jobs were deleted.
 
         Each batch is locked, and what it counted in the counters of ``/metrics`` is added to
         their totals in the transaction that deletes it (llm_generation_metric): the counters
@@ -450,6 +451,8 @@ class GenerationJob(models.Model):
             batch = self.search(domain, limit=batch_size, order="id")
             batch = batch.lock_for_update(domain=domain)  # still there, and ours alone
             if not batch:
+                while store.forget_batches(cutoff, batch_size):
+                    self.env.cr.commit()
                 return deleted
             totals.fold(batch)
             batch.unlink()
