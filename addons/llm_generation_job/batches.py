@@ -34,7 +34,7 @@ from addons.llm_thread.wire.errors import ProviderError
 from core import UserError
 from core.registry import Registry
 
-from .execution import describe_failure, job_request, retrying
+from .execution import describe_failure, retrying
 from .store import BATCH, JOB, JobStore, custom_id
 
 _logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _request_line(module, refusal: UserError | None) -> Callable[[Any], bytes]:
     def request_line(job) -> bytes:
         if refusal is not None:
             raise refusal
-        messages, model, options = job_request(job)
+        messages, model, options = job._generation_request()
         _, arguments = job.provider_id._wire_stream(messages, model, **options)
         request = BatchRequest(
             custom_id(job.id), arguments["model"], arguments["messages"], arguments["options"]

@@ -76,7 +76,7 @@ def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
     UserError when no request can be made (no chat model, an unusable key...)."""
     job = store.jobs.browse(lease.job_id)
     provider = job.provider_id
-    messages, model, options = job_request(job)
+    messages, model, options = job._generation_request()
     wired = provider._wire_stream(messages, model, **options)
     deadline = store.env[QUEUE]._get_or_create_queue(provider.id).attempt_deadline_seconds
     started = store.start_reply(lease)
@@ -99,17 +99,6 @@ def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
         resume=started.resume if background else None,
         text=started.text if background else "",
     )
-
-
-def job_request(job) -> tuple[list[dict[str, Any]], str | None, dict[str, Any]]:
-    """What ``job`` asks its provider for: the conversation, the model's name, the options."""
-    messages = job.thread_id._conversation(until=job.input_message_id)
-    inputs = job.generation_inputs or {}
-    if not job.input_message_id and inputs.get("prompt"):
-        # A job created with a prompt rather than a posted message (the contract's "Create a
-        # job" example): the prompt is the user's turn.
-        messages.append({"role": "user", "content": str(inputs["prompt"])})
-    return messages, job.model_id.name or None, dict(inputs.get("options") or {})
 
 
 @dataclass

@@ -35,6 +35,10 @@ What it guarantees, whoever calls and however many at once:
 - **Provider-side jobs.** A status check locks the job's row while it asks the provider and
   applies the answer, so two checkers at once (a user's loop and the status cron) never both
   apply it: the second waits, then finds the job finished.
+- **Spend.** Every attempt's end writes its row of the usage ledger (``llm.generation.usage``)
+  in the same transaction: the tokens its provider reported, or an estimate marked so (the
+  prompt and the text it streamed, when something streamed), and their cost by the model's
+  prices. Spend and job state never disagree.
 - **Provider batches.** ``open_batch`` takes queued batch jobs into a new batch row
   ("submitting", claimed by a token until ``submit_expires_at``) and commits before anything
   is sent; ``batch_submitted`` records the provider's id under that claim, or fails when the
@@ -60,6 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from addons.llm_thread.wire.batch import ERRORED, EXPIRED, SUCCEEDED, BatchResult, BatchState
+from addons.llm_thread.wire.events import Usage
 from core import UserError
 from core.notify import notifier_for
 
@@ -71,6 +76,8 @@ _logger = logging.getLogger(__name__)
 LEASE_SECONDS = float(os.environ.get("LLMJOBS_JOB_LEASE_SECONDS", "30"))
 JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.generation.queue"
 CHUNK, WORKER, BATCH = "llm.generation.job.chunk", "llm.generation.worker", "llm.generation.batch"
+USAGE = "llm.generation.usage"
+CHARS_PER_TOKEN = 4  # the estimate of an attempt's tokens when its provider reported none
 BATCH_WORKER = "provider batch"  # the worker of a batch job's attempt
 BATCH_SUBMIT_SECONDS = 300.0  # a submission not recorded by then is taken over
 # A batch still running this long after its submission (the providers' window is 24 hours)
@@ -180,6 +187,26 @@ class BatchOpening:
     token: str
     key: str
     lines: list[bytes]
+
+
+@dataclass(frozen=True)
+class Spent:
+    """The tokens one attempt used, as its provider reported them, or ``estimated``."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def reported(cls, usage: Usage | None) -> Spent | None:
+        """What a provider's usage report says; None when it said nothing."""
+        if usage is None or (usage.prompt_tokens is None and usage.completion_tokens is None):
+            return None
+        return cls(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.cached_tokens or 0)
+
+
+NOTHING = Spent()  # nothing generated, nothing billed
 
 
 def custom_id(job_id: int) -> str:
@@ -483,7 +510,11 @@ class JobStore:
         return {group["job_id"]: group["seq:max"] for group in groups}
 
     def complete(
-        self, lease: Lease, message_values: dict[str, Any], tail: Sequence[Piece] = ()
+        self,
+        lease: Lease,
+        message_values: dict[str, Any],
+        tail: Sequence[Piece] = (),
+        usage: Usage | None = None,
     ) -> bool:
         """The job completed: job, reply and attempt, or nothing (False: the lease was lost).
         A completion wins over a cancellation requested meanwhile: there is nothing left to
@@ -505,7 +536,8 @@ class JobStore:
             return False
         job.output_message_id.write(message_values)
         self._log(tail, now)
-        self._close_attempts(job, "completed", now, attempt_id=lease.attempt_id)
+        spent = Spent.reported(usage) or self._estimate(job, message_values.get("body") or "")
+        self._close_attempts(job, "completed", now, attempt_id=lease.attempt_id, spent=spent)
         self._signal(PROGRESS, [job.id])
         return True
 
@@ -554,6 +586,7 @@ class JobStore:
             "cancelled",
             error="Cancelled while running.",
             attempt_id=lease.attempt_id,
+            spent=self._estimate(job, text) if text is not None else None,
         ):
             return False
         if text is not None and job.output_message_id:
@@ -1182,7 +1215,8 @@ class JobStore:
                 provider_metadata=result.finish.metadata or False,
             )
         reply = job.thread_id.message_post(llm_role="assistant", **values)
-        self._close(job, condition, "completed", output_message_id=reply.id)
+        spent = Spent.reported(result.usage) or self._estimate(job, result.text)
+        self._close(job, condition, "completed", output_message_id=reply.id, spent=spent)
 
     def _unrun(self, job, condition: list, result: BatchResult | None, queue, batch: str) -> None:
         """A job whose request the provider never ran, or gave no result for."""
@@ -1293,9 +1327,11 @@ class JobStore:
         next_retry_at: Any = False,
         attempt_outcome: str | None = None,
         attempt_id: int | None = None,
+        spent: Spent | None = None,
     ) -> bool:
-        """End the job in ``state`` (where ``condition`` still holds), with its attempt and
-        its reply; False when the condition no longer held."""
+        """End the job in ``state`` (where ``condition`` still holds), with its attempt (and
+        what it ``spent``: estimated from its stream log when None) and its reply; False when
+        the condition no longer held."""
         now = _now()
         values: dict[str, Any] = {
             "state": state,
@@ -1309,7 +1345,9 @@ class JobStore:
             values["output_message_id"] = output_message_id
         if not job.write_where(condition, values):
             return False
-        self._close_attempts(job, attempt_outcome or state, now, error=error, attempt_id=attempt_id)
+        self._close_attempts(
+            job, attempt_outcome or state, now, error=error, attempt_id=attempt_id, spent=spent
+        )
         message = job.output_message_id
         if message and state in ("failed", "cancelled") and message.state != "done":
             message.write(
@@ -1326,13 +1364,67 @@ class JobStore:
         *,
         error: str | None = None,
         attempt_id: int | None = None,
+        spent: Spent | None = None,
     ) -> None:
-        """End the job's running attempt (``attempt_id``, else whichever is running)."""
+        """End the job's running attempt (``attempt_id``, else whichever is running) and
+        write what it ``spent`` to the usage ledger (estimated from its stream log when
+        None)."""
         domain = [("id", "=", attempt_id)] if attempt_id else [("job_id", "=", job.id)]
         attempts = self.env[ATTEMPT].search([*domain, ("outcome", "=", "running")])
-        attempts.write_where(
+        closed = attempts.write_where(
             [("outcome", "=", "running")],
             {"outcome": outcome, "ended_at": now, "error_message": error or False},
+        )
+        if not closed:
+            return
+        rows = []
+        for attempt in closed:
+            used = spent if spent is not None else self._estimate(job, self._logged(attempt))
+            cost, priced = (0.0, False)
+            if job.model_id:
+                cost, priced = job.model_id._cost(
+                    used.prompt, used.completion, used.cached, job.execution_mode == "batch"
+                )
+            rows.append(
+                {
+                    "attempt_id": attempt.id,
+                    "job_id": job.id,
+                    "user_id": job.user_id.id,
+                    "provider_id": job.provider_id.id,
+                    "model_id": job.model_id.id or False,
+                    "thread_id": job.thread_id.id,
+                    "execution_mode": job.execution_mode or "stream",
+                    "outcome": outcome if outcome != "running" else "interrupted",
+                    "prompt_tokens": used.prompt,
+                    "completion_tokens": used.completion,
+                    "cached_tokens": used.cached,
+                    "estimated": used.estimated,
+                    "cost": cost,
+                    "priced": priced,
+                    "ended_at": now,
+                }
+            )
+        self.env[USAGE].create(rows)
+
+    def _logged(self, attempt) -> str:
+        """The text an attempt logged."""
+        chunks = self.env[CHUNK].search(
+            [("job_id", "=", attempt.job_id.id), ("attempt", "=", attempt.number)], order="seq"
+        )
+        return "".join(chunk.content or "" for chunk in chunks)
+
+    def _estimate(self, job, text: str) -> Spent:
+        """What an attempt that streamed ``text`` used, when its provider did not say: its
+        prompt (the job's conversation) and ``text``, at about CHARS_PER_TOKEN characters a
+        token. An attempt that streamed nothing was billed nothing."""
+        if not text:
+            return NOTHING
+        messages, _, _ = job._generation_request()
+        prompt = sum(len(str(message.get("content") or "")) for message in messages)
+        return Spent(
+            prompt=-(-prompt // CHARS_PER_TOKEN),
+            completion=-(-len(text) // CHARS_PER_TOKEN),
+            estimated=True,
         )
 
     def _refusal(self, job, action: str, allowed: Sequence[str]) -> UserError:

@@ -199,7 +199,8 @@ def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
     kind, *details = stream.outcome
     lease, text = stream.lease, stream.text
     if kind == "complete":
-        return "completed" if store.complete(lease, _final_values(stream), tail) else "lost"
+        completed = store.complete(lease, _final_values(stream), tail, stream.usage)
+        return "completed" if completed else "lost"
     if kind == "fail":
         message, retryable, *rest = details
         retry_after = rest[0] if rest else None

@@ -329,6 +329,18 @@ class GenerationJob(models.Model):
         JobStore(self.env).fail_job(self, error_message or "Failed.")
         return True
 
+    def _generation_request(self) -> tuple[list[dict], str | None, dict]:
+        """What the job asks its provider for: the conversation, the model's name and the
+        request options."""
+        self.ensure_one()
+        messages = self.thread_id._conversation(until=self.input_message_id)
+        inputs = self.generation_inputs or {}
+        if not self.input_message_id and inputs.get("prompt"):
+            # A job created with a prompt rather than a posted message (the contract's
+            # "Create a job" example): the prompt is the user's turn.
+            messages.append({"role": "user", "content": str(inputs["prompt"])})
+        return messages, self.model_id.name or None, dict(inputs.get("options") or {})
+
     def _queue_position(self) -> int:
         """1 + the queued jobs of the same provider that a worker will take before this one."""
         self.ensure_one()

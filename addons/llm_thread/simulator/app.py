@@ -111,6 +111,7 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
         with state.stats.generation(Outcome()) as outcome:
             await asyncio.sleep(generation.duration)
             outcome.counter = COMPLETED
+        state.stats.served(generation.request.prompt_tokens, generation.completion_tokens)
         return JSONResponse(dialect.complete(generation))
 
     async def models(request: Request) -> Response:
@@ -141,7 +142,7 @@ class GenerationStream(StreamingResponse):
 
     def __init__(self, dialect: Dialect, generation: Generation, stats: Stats):
         self._outcome = Outcome()
-        self._body = _paced_frames(dialect, generation, self._outcome)
+        self._body = _paced_frames(dialect, generation, self._outcome, stats)
         self._stats = stats
         super().__init__(
             self._body, media_type=dialect.stream_media_type, headers={"cache-control": "no-cache"}
@@ -159,6 +160,7 @@ async def _paced_frames(
     dialect: Dialect,
     generation: Generation,
     outcome: Outcome,
+    stats: Stats,
 ) -> AsyncGenerator[bytes, None]:
     """The dialect's frames, each chunk after its delay; a scheduled fault replaces the rest."""
     scenario = generation.scenario
@@ -177,6 +179,7 @@ async def _paced_frames(
         if index == len(generation.chunks):
             break
         await asyncio.sleep(generation.delay_before(index))
+        stats.served(generation.request.prompt_tokens if index == 0 else 0, 1)
         yield dialect.delta(generation, generation.chunks[index])
     yield dialect.end(generation)
     outcome.counter = COMPLETED

@@ -144,7 +144,9 @@ def _reply(dialect: Dialect, state: SimulatorState, body: Any) -> tuple[str, Any
     if scenario.status is not None:
         message = scenario.message or default_message(scenario.status)
         return str(scenario.status), dialect.error(scenario.status, message)
-    return "ok", dialect.complete(Generation.plan(request, scenario, dialect.id_prefix))
+    generation = Generation.plan(request, scenario, dialect.id_prefix)
+    state.stats.served(request.prompt_tokens, generation.completion_tokens)
+    return "ok", dialect.complete(generation)
 
 
 def _shuffled(items: list, seed: str) -> list:

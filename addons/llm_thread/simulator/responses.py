@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .dialect import ChatRequest, Dialect, Generation, InvalidRequest, default_message, sse
-from .stats import COMPLETED, FAULT, Outcome
+from .stats import COMPLETED, FAULT, Outcome, Stats
 
 if TYPE_CHECKING:
     from .app import SimulatorState
@@ -129,7 +129,7 @@ class SimulatedResponse:
         return {"status": self.status, "events": len(self.events), "generations": self.generations}
 
 
-async def generate(response: SimulatedResponse, outcome: Outcome) -> None:
+async def generate(response: SimulatedResponse, outcome: Outcome, stats: Stats) -> None:
     """Produce the response's events, paced like a chat stream."""
     generation, scenario = response.generation, response.generation.scenario
     response.generations += 1
@@ -145,6 +145,7 @@ async def generate(response: SimulatedResponse, outcome: Outcome) -> None:
             return
         response.text += chunk
         response.output_tokens += 1
+        stats.served(generation.request.prompt_tokens if index == 0 else 0, 1)
         response.emit("response.output_text.delta", **place, delta=chunk, logprobs=[])
     if scenario.stream_fault_at(len(generation.chunks)) == "error":
         fail(response, scenario.message or default_message(500), outcome)
@@ -237,7 +238,7 @@ def response_routes(dialect: Dialect, state: SimulatorState) -> list[Route]:
     async def run(response: SimulatedResponse) -> None:
         with state.stats.generation(Outcome()) as outcome:
             try:
-                await generate(response, outcome)
+                await generate(response, outcome, state.stats)
             except asyncio.CancelledError:
                 response.cancel()  # a cancel request, or a tied reader gone
                 raise

@@ -178,7 +178,7 @@ class SimulatorServer:
 
     def stats(self) -> dict[str, int]:
         """requests, in_flight, max_in_flight, completed, disconnects, faults, batches,
-        batch_requests."""
+        batch_requests, prompt_tokens, completion_tokens (served)."""
         return self._state.stats.snapshot()
 
     def wait_idle(self, timeout: float = 5.0) -> dict[str, int]:

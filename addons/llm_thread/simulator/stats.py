@@ -13,6 +13,9 @@ REQUESTS = "requests"
 # How a generation ended; a generation that ends otherwise was abandoned by its client.
 COMPLETED, FAULT, DISCONNECT = "completed", "faults", "disconnects"
 BATCHES, BATCH_REQUESTS = "batches", "batch_requests"  # batches created, requests in them
+# Tokens served: a generation's prompt once it produced its first token (or, not streamed,
+# its reply), and each token it sent.
+PROMPT_TOKENS, COMPLETION_TOKENS = "prompt_tokens", "completion_tokens"
 
 
 @dataclass
@@ -29,7 +32,8 @@ class Stats:
     ``in_flight`` / ``max_in_flight``: generations running now / at most at once since the
     last reset; ``completed``, ``disconnects`` (the client went away mid-generation) and
     ``faults`` (injected errors, cuts and malformed streams); ``batches`` created and the
-    ``batch_requests`` in them."""
+    ``batch_requests`` in them; ``prompt_tokens`` and ``completion_tokens`` served (streamed,
+    not streamed, in batches and background responses: the usage a provider bills)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -47,11 +51,19 @@ class Stats:
             FAULT: 0,
             BATCHES: 0,
             BATCH_REQUESTS: 0,
+            PROMPT_TOKENS: 0,
+            COMPLETION_TOKENS: 0,
         }
 
     def count(self, counter: str, by: int = 1) -> None:
         with self._lock:
             self._counts[counter] += by
+
+    def served(self, prompt: int, completion: int) -> None:
+        """Count tokens served (see the class docstring)."""
+        with self._lock:
+            self._counts[PROMPT_TOKENS] += prompt
+            self._counts[COMPLETION_TOKENS] += completion
 
     def request(self, peer: tuple[str, int] | None) -> None:
         """Count a generation request from ``peer`` (the client's address and port)."""

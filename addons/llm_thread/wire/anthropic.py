@@ -99,6 +99,7 @@ class Decoder:
         self.stop_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        self.cached_tokens: int | None = None
         self.metadata: dict[str, Any] = {}
 
     def feed(self, event: ServerSentEvent) -> list[StreamEvent]:
@@ -117,6 +118,7 @@ class Decoder:
             counts = [transport.count(usage.get(name)) for name in _INPUT_TOKEN_FIELDS]
             counts = [count for count in counts if count is not None]
             self.prompt_tokens = sum(counts) if counts else None
+            self.cached_tokens = transport.count(usage.get("cache_read_input_tokens"))
         elif not self.started:
             raise errors.malformed(
                 self.provider, f"'{kind}' event before message_start", self.api_key
@@ -142,6 +144,6 @@ class Decoder:
         if not self.done:
             raise errors.incomplete(self.provider)
         return [
-            Usage(self.prompt_tokens, self.completion_tokens),
+            Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens),
             Finish(self.stop_reason, self.metadata),
         ]

@@ -35,10 +35,12 @@ class Resumable:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of the whole exchange, as the provider reported them."""
+    """Token counts of the whole exchange, as the provider reported them; ``cached_tokens``:
+    the part of the prompt read from the provider's cache (billed less), when it says."""
 
     prompt_tokens: int | None
     completion_tokens: int | None
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,9 +91,11 @@ class Decoder:
             self.finish_reason = reason or self.finish_reason
         usage = shapes.object(chunk.get("usage"), "usage")
         if usage:
+            details = shapes.object(usage.get("prompt_tokens_details"), "prompt_tokens_details")
             self.usage = Usage(
                 transport.count(usage.get("prompt_tokens")),
                 transport.count(usage.get("completion_tokens")),
+                transport.count(details.get("cached_tokens")),
             )
         return found
 
