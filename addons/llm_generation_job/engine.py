@@ -254,7 +254,8 @@ class StreamEngine:
                 outcome = ("fail", text, True)
             else:
                 text, retryable, retry_after = describe_failure(error, stream.lease.job_id)
-                outcome = ("fail", text, retryable, retry_after)
+                throttled = isinstance(error, ProviderError) and error.status == 429
+                outcome = ("fail", text, retryable, retry_after, throttled)
         stream.outcome = outcome
         self.writer.wake()
 

@@ -26,6 +26,7 @@ retryably, so it neither holds its job until its lease expires nor loops forever
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import resource
@@ -210,7 +211,13 @@ class JobRunner:
             # A read-only look first: most wake-ups find nothing to claim, and need not take
             # a write lock (SQLite) nor a queue's row lock (PostgreSQL) to learn it.
             with self.registry.environment(readonly=True) as env:
-                domain = [("enabled", "=", True)]
+                now = dt.datetime.now(dt.UTC)
+                domain = [
+                    ("enabled", "=", True),
+                    "|",
+                    ("eligible_at", "=", False),
+                    ("eligible_at", "<=", now),
+                ]
                 if self._provider_ids:
                     domain.append(("provider_id", "in", self._provider_ids))
                 providers = env["llm.generation.queue"].search(domain).mapped("provider_id")
@@ -219,6 +226,9 @@ class JobRunner:
                         ("provider_id", "in", providers.ids),
                         ("state", "=", "queued"),
                         ("execution_mode", "!=", "batch"),  # the status cron sends those
+                        "|",
+                        ("eligible_at", "=", False),
+                        ("eligible_at", "<=", now),
                     ],
                     ["provider_id"],
                     ["__count"],

@@ -68,7 +68,7 @@ from addons.llm_thread.wire.events import Usage
 from core import UserError
 from core.notify import notifier_for
 
-from . import backoff
+from . import admission, backoff
 from .signals import CANCEL, PROGRESS, QUEUED
 
 _logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ _logger = logging.getLogger(__name__)
 LEASE_SECONDS = float(os.environ.get("LLMJOBS_JOB_LEASE_SECONDS", "30"))
 JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.generation.queue"
 CHUNK, WORKER, BATCH = "llm.generation.job.chunk", "llm.generation.worker", "llm.generation.batch"
-USAGE = "llm.generation.usage"
+USAGE, BUDGET = "llm.generation.usage", "llm.budget"
 CHARS_PER_TOKEN = 4  # the estimate of an attempt's tokens when its provider reported none
 BATCH_WORKER = "provider batch"  # the worker of a batch job's attempt
 BATCH_SUBMIT_SECONDS = 300.0  # a submission not recorded by then is taken over
@@ -99,6 +99,9 @@ STORE_FIELDS = frozenset(
         "error_kind",
         "external_job_id",
         "batch_id",
+        "waiting_reason",
+        "eligible_at",
+        "reserved_cost",
         "provider_data",
         "output_message_id",
         "attempt_ids",
@@ -287,6 +290,7 @@ class JobStore:
         """draft -> queued: a worker picks it up at once."""
         job = self.jobs.browse(job.id)
         self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
+        self._check_budgets(job)
         queued = job.write_where(
             [("state", "=", "draft")],
             {"state": "queued", "queued_at": _now(), "next_retry_at": False},
@@ -295,6 +299,26 @@ class JobStore:
             raise self._refusal(job, "queue", ("draft",))
         self._signal(QUEUED, [job.provider_id.id])
         self._signal(PROGRESS, [job.id])
+
+    def _check_budgets(self, job) -> None:
+        """Refuse ``job`` (a UserError naming the budget, its period and when it resets) when
+        its expected cost would take a budget past its hard limit; warn, once a period, when
+        past a soft threshold."""
+        if not self.env[BUDGET].search_count([("active", "=", True)]):
+            return
+        now = _now()
+        book = admission.BudgetBook(self.env, now)
+        cost = admission.estimate_cost(job)
+        refusal = book.refusal(job, cost)
+        if refusal:
+            raise UserError(f"{refusal[0]} Nothing was queued.")
+        for budget in book.soft_passed(job, cost):
+            if budget.soft_warned_at and budget.soft_warned_at >= budget._period_start(now):
+                continue
+            _logger.warning(
+                "The %s passed its soft threshold of $%.4f", budget._describe(), budget.soft_limit
+            )
+            budget.write({"soft_warned_at": now})
 
     def claim(
         self,
@@ -312,21 +336,40 @@ class JobStore:
         running = self.jobs.search_count(
             [("provider_id", "=", provider_id), ("state", "=", "running"), ("batch_id", "=", False)]
         )
-        free = queue.max_concurrent_jobs - running
+        free = queue._concurrency() - running
         if limit is not None:
             free = min(free, limit)
+        if free <= 0:
+            return []
+        now = _now()
+        gate = admission.gate(self.env, queue, now)
+        if (queue.waiting_reason or False) != (gate.reason or False):
+            queue.write(
+                {"waiting_reason": gate.reason or False, "eligible_at": gate.until or False}
+            )
+        if gate.slots is not None:
+            free = min(free, gate.slots)
         if free <= 0:
             return []
         domain = [
             ("provider_id", "=", provider_id),
             ("state", "=", "queued"),
             ("execution_mode", "!=", "batch"),
+            "|",
+            ("eligible_at", "=", False),
+            ("eligible_at", "<=", now),
         ]
         if job_ids is not None:
             domain.append(("id", "in", list(job_ids)))
-        candidates = self.jobs.search(domain, order=CLAIM_ORDER, limit=free)
-        now, token = _now(), secrets.token_hex(16)
-        claimed = candidates.write_where(
+        candidates = admission.candidates(self.env, queue, domain, free, CLAIM_ORDER)
+        admitted = admission.admit(self.env, queue, candidates, gate, now)
+        for job, reason, until in admitted.waiting:
+            job.write_where(
+                [("state", "=", "queued")],
+                {"waiting_reason": reason, "eligible_at": min(until, now + admission.WINDOW)},
+            )
+        token = secrets.token_hex(16)
+        claimed = self.jobs.browse([job.id for job in admitted.jobs]).write_where(
             [("state", "=", "queued")],
             {
                 "state": "running",
@@ -335,10 +378,18 @@ class JobStore:
                 "lease_token": token,
                 "lease_expires_at": _expiry(now),
                 "cancel_requested": False,
+                "waiting_reason": False,
+                "eligible_at": False,
             },
         )
         if not claimed:
             return []
+        for job in claimed.filtered(lambda job: job.id in admitted.reserved):
+            job.write_where(
+                [("state", "=", "running")], {"reserved_cost": admitted.reserved[job.id]}
+            )
+        if gate.probe:
+            queue.write(gate.opened)
         counts = {
             group["job_id"]: group["__count"]
             for group in self.env[ATTEMPT].read_group(
@@ -352,6 +403,7 @@ class JobStore:
                     "number": counts.get(job.id, 0) + 1,
                     "worker": worker,
                     "started_at": now,
+                    "estimated_tokens": admitted.tokens.get(job.id, 0),
                 }
                 for job in claimed
             ]
@@ -538,6 +590,7 @@ class JobStore:
         self._log(tail, now)
         spent = Spent.reported(usage) or self._estimate(job, message_values.get("body") or "")
         self._close_attempts(job, "completed", now, attempt_id=lease.attempt_id, spent=spent)
+        self._provider_answered(job, ok=True)
         self._signal(PROGRESS, [job.id])
         return True
 
@@ -550,11 +603,13 @@ class JobStore:
         retry_after: float | None = None,
         text: str | None = None,
         tail: Sequence[Piece] = (),
+        throttled: bool = False,
     ) -> bool:
         """The attempt failed: a retry is scheduled when the error is retryable and retries
         are left, else the job fails for good; a requested cancellation wins. ``text``: the
-        partial reply, kept and marked with the error (``tail``: its pieces not logged yet).
-        False when the lease was lost."""
+        partial reply, kept and marked with the error (``tail``: its pieces not logged yet);
+        ``throttled``: the provider rate-limited it (a 429). False when the lease was
+        lost."""
         job = self._hold(lease, cancelled_ok=True)
         if not job:
             return False
@@ -571,7 +626,70 @@ class JobStore:
             retry_after=retry_after,
             attempt_id=lease.attempt_id,
         )
+        if retryable:
+            self._provider_answered(job, ok=False, error=error, retry_after=retry_after)
+        if throttled:
+            self.throttle(job.provider_id.id, retry_after or 1.0, halve=True)
         return True
+
+    def _provider_answered(
+        self, job, *, ok: bool, error: str = "", retry_after: float | None = None
+    ) -> None:
+        """Keep the queue's circuit breaker and adaptive concurrency (admission.py) after an
+        attempt that the provider answered (``ok``) or failed retryably: a success closes the
+        breaker and, on an adaptive queue, counts towards one more slot; a failure counts
+        towards a cooldown, and a probe's failure cools the provider down again."""
+        queue = self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
+        now, values = _now(), {}
+        if ok:
+            if queue.consecutive_failures:
+                values["consecutive_failures"] = 0
+            if queue.breaker_state != "closed":
+                values.update(breaker_state="closed", breaker_reason=False, breaker_until=False)
+            if queue.adaptive_concurrency:
+                current = queue._concurrency()
+                successes = queue.adaptive_successes + 1
+                if successes >= current and current < queue.max_concurrent_jobs:
+                    values.update(current_concurrency=current + 1, adaptive_successes=0)
+                else:
+                    values["adaptive_successes"] = successes
+        else:
+            failures = queue.consecutive_failures + 1
+            values["consecutive_failures"] = failures
+            half_open = queue.breaker_state == "half_open"
+            tripped = queue.breaker_state == "closed" and failures >= queue.breaker_threshold
+            if queue.breaker_threshold and (half_open or tripped):
+                cooldown = max(queue.breaker_cooldown_seconds or 30.0, retry_after or 0.0)
+                values.update(
+                    breaker_state="open",
+                    breaker_reason=_sentence(error)[:500],
+                    breaker_since=now,
+                    breaker_until=now + dt.timedelta(seconds=cooldown),
+                )
+                _logger.warning(
+                    "Provider %s cooled down for %g s after %d failures in a row: %s",
+                    job.provider_id.name,
+                    cooldown,
+                    failures,
+                    error,
+                )
+        if values:
+            queue.write(values)
+
+    def throttle(self, provider_id: int, seconds: float, *, halve: bool = False) -> None:
+        """The provider asked to wait ``seconds`` (a 429's Retry-After, or no requests left
+        until its limit resets): no worker starts its jobs until then; an adaptive queue
+        halves its concurrency when ``halve``."""
+        queue = self.env[QUEUE]._get_or_create_queue(provider_id)
+        until, values = _now() + dt.timedelta(seconds=max(seconds, 0.0)), {}
+        if not queue.throttled_until or queue.throttled_until < until:
+            values["throttled_until"] = until
+        if halve and queue.adaptive_concurrency:
+            lowest = max(queue.min_concurrency, 1)
+            values.update(current_concurrency=max(lowest, queue._concurrency() // 2))
+            values["adaptive_successes"] = 0
+        if values:
+            queue.write(values)
 
     def finish_cancelled(
         self, lease: Lease, text: str | None = None, tail: Sequence[Piece] = ()

@@ -204,8 +204,15 @@ def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
     if kind == "fail":
         message, retryable, *rest = details
         retry_after = rest[0] if rest else None
+        throttled = len(rest) > 1 and rest[1]
         failed = store.fail(
-            lease, message, retryable=retryable, retry_after=retry_after, text=text, tail=tail
+            lease,
+            message,
+            retryable=retryable,
+            retry_after=retry_after,
+            text=text,
+            tail=tail,
+            throttled=throttled,
         )
         return "failed" if failed else "lost"
     if store.finish_cancelled(lease, text, tail):

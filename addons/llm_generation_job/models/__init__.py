@@ -1,4 +1,5 @@
 from . import (  # noqa: F401
+    llm_budget,
     llm_generation_batch,
     llm_generation_job,
     llm_generation_job_attempt,

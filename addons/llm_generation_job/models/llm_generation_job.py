@@ -96,6 +96,9 @@ class GenerationJob(models.Model):
     batch_id = fields.Many2one(
         "llm.generation.batch", ondelete="set null", index=True, help="Its provider batch"
     )
+    waiting_reason = fields.Char(help="Why a queued job is not started yet (its budget...)")
+    eligible_at = fields.Datetime(index=True, help="When a waiting job may start")
+    reserved_cost = fields.Float(help="USD its running attempt is expected to cost (budgets)")
     priority = fields.Integer(default=DEFAULT_PRIORITY, index=True, help="Higher runs first")
     retry_count = fields.Integer(default=0)
     max_retries = fields.Integer(default=3)

@@ -27,6 +27,9 @@ class GenerationJobAttempt(models.Model):
     )
     ended_at = fields.Datetime(index=True)  # the windows of the overview and diagnostics
     outcome = fields.Selection(OUTCOMES, default="running", required=True)
+    estimated_tokens = fields.Integer(
+        help="Its tokens as estimated when it started, under a tokens-a-minute limit"
+    )
     error_message = fields.Text()
     duration = fields.Float(compute="_compute_duration", store=True, help="Seconds")
     provider_id = fields.Many2one(

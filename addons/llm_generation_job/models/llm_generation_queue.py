@@ -78,6 +78,41 @@ class GenerationQueue(models.Model):
         help="A job whose request the provider never ran (its batch expired or was cancelled) "
         "is queued again as a streamed job, rather than failed to be retried in a batch"
     )
+    # Limits shared by every worker (admission.py), and the state they keep.
+    rpm_limit = fields.Integer(help="Requests a minute to the provider, for all workers")
+    tpm_limit = fields.Integer(help="Tokens a minute (prompt and reply, estimated at start)")
+    throttled_until = fields.Datetime(
+        help="The provider asked every worker to wait until then (429 Retry-After, or its "
+        "remaining-requests headers at 0)"
+    )
+    breaker_threshold = fields.Integer(
+        default=5, help="Retryable failures in a row that cool the provider down (0: never)"
+    )
+    breaker_cooldown_seconds = fields.Float(default=30, help="How long a cooldown lasts")
+    breaker_state = fields.Selection(
+        [("closed", "Closed"), ("open", "Open (cooled down)"), ("half_open", "Half-open (probe)")],
+        default="closed",
+        required=True,
+    )
+    breaker_reason = fields.Text(help="The failure that opened the breaker")
+    breaker_since = fields.Datetime()
+    breaker_until = fields.Datetime(help="Open: when a probe may go; half-open: probe deadline")
+    consecutive_failures = fields.Integer()
+    fair_share = fields.Selection(
+        [("none", "First come, first served"), ("user", "Fair share between users")],
+        default="none",
+        required=True,
+        help="User: on a busy queue, the user served the fewest tokens lately goes next",
+    )
+    adaptive_concurrency = fields.Boolean(
+        help="Follow the provider: raise the concurrency slowly while requests succeed, halve "
+        "it at once on a 429 (between min_concurrency and max_concurrent_jobs)"
+    )
+    min_concurrency = fields.Integer(default=1)
+    current_concurrency = fields.Integer(help="The adaptive concurrency now")
+    adaptive_successes = fields.Integer()
+    waiting_reason = fields.Char(help="Why its queued jobs are not started now")
+    eligible_at = fields.Datetime(help="When they may start again")
     last_processed_at = fields.Datetime()
     queued_jobs_count = fields.Integer(compute="_compute_counts")
     current_running_jobs = fields.Integer(
@@ -203,6 +238,15 @@ class GenerationQueue(models.Model):
                 raise ValidationError(
                     f"Queue '{queue.name}': batch_max_wait_seconds cannot be negative."
                 )
+
+    def _concurrency(self) -> int:
+        """How many of its jobs may run at once now: ``max_concurrent_jobs``, or on an
+        adaptive queue its current concurrency within the manager's bounds."""
+        self.ensure_one()
+        if not self.adaptive_concurrency:
+            return self.max_concurrent_jobs
+        lowest = max(self.min_concurrency, 1)
+        return max(lowest, min(self.current_concurrency or lowest, self.max_concurrent_jobs))
 
     # -- creation ----------------------------------------------------------------------------
     @api.model_create_multi

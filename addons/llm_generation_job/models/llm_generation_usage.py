@@ -4,8 +4,9 @@ reported (or, when it reported none, an estimate marked so) and their cost by th
 prices.
 
 A row is written by the job store in the transaction that ends its attempt (``store.py``:
-``_close_attempts``), so spend and job state never disagree; nobody else writes it. Users read
-their own rows, managers every row.
+``_close_attempts``), so spend and job state never disagree; nobody else writes it. It stays
+when the cleanup deletes its job (budgets count a whole month). Users read their own rows,
+managers every row.
 """
 
 from core import api, fields, models
@@ -29,10 +30,9 @@ class GenerationUsage(models.Model):
         ("attempt_unique", "unique(attempt_id)", "An attempt is in the ledger once."),
     ]
 
-    attempt_id = fields.Many2one(
-        "llm.generation.job.attempt", required=True, ondelete="cascade", index=True
-    )
-    job_id = fields.Many2one("llm.generation.job", required=True, ondelete="cascade", index=True)
+    # The ledger outlives the jobs the cleanup deletes: a month's budget counts a month.
+    attempt_id = fields.Many2one("llm.generation.job.attempt", ondelete="set null", index=True)
+    job_id = fields.Many2one("llm.generation.job", ondelete="set null", index=True)
     user_id = fields.Many2one("res.users", required=True, ondelete="cascade", index=True)
     provider_id = fields.Many2one("llm.provider", required=True, ondelete="cascade", index=True)
     model_id = fields.Many2one("llm.model", ondelete="set null", index=True)

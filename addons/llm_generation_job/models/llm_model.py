@@ -1,4 +1,5 @@
-"""Prices per model, which managers maintain: what the usage ledger's costs are made of."""
+"""Prices and rate limits per model, which managers maintain: what the usage ledger's costs
+are made of, and the model's share of its provider's limits (admission.py)."""
 
 from core import fields, models
 
@@ -14,6 +15,8 @@ class LLMModel(models.Model):
     batch_discount = fields.Float(
         default=0.5, help="The share of the price paid for requests in provider batches"
     )
+    rpm_limit = fields.Integer(help="Requests a minute to this model, for all workers")
+    tpm_limit = fields.Integer(help="Tokens a minute of this model, for all workers")
 
     def _cost(self, prompt: int, completion: int, cached: int, batch: bool) -> tuple[float, bool]:
         """The cost in USD of that usage, and whether the model has prices."""
