@@ -280,9 +280,9 @@ class BudgetBook:
             if spend + cost > budget.hard_limit:
                 resets = budget._resets_at(self.now)
                 return (
-                    f"The {budget._describe()} is spent: ${spend:.4f} of ${budget.hard_limit:.4f}"
-                    f" (this job would cost about ${cost:.4f}); it resets at "
-                    f"{resets:%Y-%m-%d %H:%M} UTC.",
+                    f"The {budget._describe()} has too little left: ${spend:.4f} of "
+                    f"${budget.hard_limit:.4f} spent, and this job would cost about "
+                    f"${cost:.4f}; it resets at {resets:%Y-%m-%d %H:%M} UTC.",
                     resets,
                 )
         return None
