@@ -644,8 +644,10 @@ class JobStore:
         if ok:
             if queue.consecutive_failures:
                 values["consecutive_failures"] = 0
-            if queue.breaker_state != "closed":
+            if queue.breaker_state != "closed":  # the queue's jobs may start again, at once
                 values.update(breaker_state="closed", breaker_reason=False, breaker_until=False)
+                values.update(waiting_reason=False, eligible_at=False)
+                self._signal(QUEUED, [job.provider_id.id])
             if queue.adaptive_concurrency:
                 current = queue._concurrency()
                 successes = queue.adaptive_successes + 1
