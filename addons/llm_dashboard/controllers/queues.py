@@ -38,6 +38,13 @@ LABELS = {
     "batch_max_size": "Batch size",
     "batch_max_wait_seconds": "Batch wait",
     "batch_requeue_unfinished": "Stream again what a batch never ran",
+    "rpm_limit": "Requests a minute",
+    "tpm_limit": "Tokens a minute",
+    "breaker_threshold": "Cool down after",
+    "breaker_cooldown_seconds": "Cooldown",
+    "fair_share": "Fair share",
+    "adaptive_concurrency": "Adaptive concurrency",
+    "min_concurrency": "Lowest concurrency",
 }
 REQUIRED = ("max_concurrent_jobs", "retry_delay_minutes", "attempt_deadline_seconds")
 
@@ -81,9 +88,16 @@ def update_queue(
     batch_max_size: Annotated[str, Form()] = "",
     batch_max_wait_seconds: Annotated[str, Form()] = "",
     batch_requeue_unfinished: Annotated[bool, Form()] = False,
+    rpm_limit: Annotated[str, Form()] = "",
+    tpm_limit: Annotated[str, Form()] = "",
+    breaker_threshold: Annotated[str, Form()] = "",
+    breaker_cooldown_seconds: Annotated[str, Form()] = "",
+    fair_share: Annotated[bool, Form()] = False,
+    adaptive_concurrency: Annotated[bool, Form()] = False,
+    min_concurrency: Annotated[str, Form()] = "",
 ) -> Response:
-    """Save a queue's form (every field of it: an unticked box is "no"; a batch setting left
-    empty is kept)."""
+    """Save a queue's form (every field of it: an unticked box is "no"; a batch or limit
+    setting left empty is kept)."""
     values = {
         "max_concurrent_jobs": max_concurrent_jobs,
         "retry_delay_minutes": retry_delay_minutes,
@@ -94,6 +108,13 @@ def update_queue(
         "batch_max_size": batch_max_size,
         "batch_max_wait_seconds": batch_max_wait_seconds,
         "batch_requeue_unfinished": batch_requeue_unfinished,
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "breaker_threshold": breaker_threshold,
+        "breaker_cooldown_seconds": breaker_cooldown_seconds,
+        "fair_share": "user" if fair_share else "none",
+        "adaptive_concurrency": adaptive_concurrency,
+        "min_concurrency": min_concurrency,
     }
     missing = {name: f"{LABELS[name]}: enter a number." for name in REQUIRED if values[name] == ""}
     if missing:

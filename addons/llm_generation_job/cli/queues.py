@@ -26,6 +26,13 @@ OPTIONS = {
     "batch_max_size": "--batch-max-size",
     "batch_max_wait_seconds": "--batch-max-wait",
     "batch_requeue_unfinished": "--batch-requeue-unfinished/--no-batch-requeue-unfinished",
+    "rpm_limit": "--rpm",
+    "tpm_limit": "--tpm",
+    "breaker_threshold": "--cooldown-after",
+    "breaker_cooldown_seconds": "--cooldown",
+    "fair_share": "--fair-share",
+    "adaptive_concurrency": "--adaptive/--no-adaptive",
+    "min_concurrency": "--min-concurrency",
 }
 
 
@@ -72,7 +79,24 @@ def _display(queue: dict) -> dict:
         **queue,
         "queue": queue["provider_name"],
         "backlog": counts.get("queued", 0),
-        "running": f"{in_workers}/{queue['max_concurrent_jobs']}",
+        "running": f"{in_workers}/{queue['concurrency_now']}"
+        + (
+            f" (adaptive, {queue['min_concurrency']}-{queue['max_concurrent_jobs']})"
+            if queue["adaptive_concurrency"]
+            else ""
+        ),
+        "limits": ", ".join(
+            part
+            for part in (
+                f"{queue['rpm_limit']} rpm" if queue["rpm_limit"] else "",
+                f"{queue['tpm_limit']} tpm" if queue["tpm_limit"] else "",
+                "fair share" if queue["fair_share"] == "user" else "",
+            )
+            if part
+        )
+        or None,
+        "waiting": queue["waiting_reason"],
+        "spent": f"${queue['usage']['cost']:.4f}" if queue["usage"]["cost"] else None,
         "oldest": _age(performance["oldest_queued_age"]),
         "success": f"{rate:.0f}%" if rate is not None else None,
         "failed": counts.get("failed", 0),
@@ -103,6 +127,9 @@ COLUMNS = [
     ("retry", "Retry"),
     ("deadline", "Attempt deadline"),
     ("mode", "Runs jobs"),
+    ("limits", "Limits"),
+    ("waiting", "Waiting"),
+    ("spent", "Spent (24h)"),
 ]
 
 
@@ -177,6 +204,26 @@ def queues_list(obj, as_json: bool) -> None:
     default=None,
     help="Stream again what a batch never ran (expired, cancelled) instead of failing it.",
 )
+@click.option("--rpm", type=int, help="Requests a minute, for all workers (0: no limit).")
+@click.option("--tpm", type=int, help="Tokens a minute, for all workers (0: no limit).")
+@click.option(
+    "--cooldown-after",
+    type=int,
+    metavar="FAILURES",
+    help="Retryable failures in a row that cool the provider down (0: never).",
+)
+@click.option("--cooldown", type=float, metavar="SECONDS", help="How long a cooldown lasts.")
+@click.option(
+    "--fair-share",
+    type=click.Choice(["none", "user"]),
+    help="user: the user served the fewest tokens lately goes next.",
+)
+@click.option(
+    "--adaptive/--no-adaptive",
+    default=None,
+    help="Let the concurrency follow the provider (up to --limit, down to --min-concurrency).",
+)
+@click.option("--min-concurrency", type=int, help="The adaptive concurrency's floor.")
 @json_option
 @click.pass_obj
 def queues_set(
@@ -191,6 +238,13 @@ def queues_set(
     batch_max_size: int | None,
     batch_max_wait: float | None,
     batch_requeue_unfinished: bool | None,
+    rpm: int | None,
+    tpm: int | None,
+    cooldown_after: int | None,
+    cooldown: float | None,
+    fair_share: str | None,
+    adaptive: bool | None,
+    min_concurrency: int | None,
     as_json: bool,
 ) -> None:
     """Configure the queue NAME_OR_ID (its provider's name, or its id): only what is given
@@ -207,6 +261,13 @@ def queues_set(
         "batch_max_size": batch_max_size,
         "batch_max_wait_seconds": batch_max_wait,
         "batch_requeue_unfinished": batch_requeue_unfinished,
+        "rpm_limit": rpm,
+        "tpm_limit": tpm,
+        "breaker_threshold": cooldown_after,
+        "breaker_cooldown_seconds": cooldown,
+        "fair_share": fair_share,
+        "adaptive_concurrency": adaptive,
+        "min_concurrency": min_concurrency,
     }
     try:
         values = QueuePatch(**given).model_dump(exclude_none=True)

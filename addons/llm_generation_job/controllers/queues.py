@@ -46,6 +46,26 @@ class QueuePatch(BaseModel):
     batch_requeue_unfinished: bool | None = Field(
         None, description="A request a batch never ran is queued again, to be streamed"
     )
+    rpm_limit: int | None = Field(None, ge=0, le=10_000_000, description="0: no limit")
+    tpm_limit: int | None = Field(None, ge=0, le=1_000_000_000, description="0: no limit")
+    breaker_threshold: int | None = Field(
+        None, ge=0, le=10_000, description="Retryable failures in a row that cool it down"
+    )
+    breaker_cooldown_seconds: float | None = Field(None, gt=0, le=86400)
+    fair_share: Literal["none", "user"] | None = None
+    adaptive_concurrency: bool | None = None
+    min_concurrency: int | None = Field(None, ge=1, le=10_000)
+
+
+class Cooldown(BaseModel):
+    """The queue's circuit breaker: closed (normal), open (cooled down until ``until``: one
+    probe then), half_open (a probe decides)."""
+
+    state: str
+    reason: str | None
+    since: dt.datetime | None
+    until: dt.datetime | None
+    consecutive_failures: int
 
 
 class QueueOut(BaseModel):
@@ -63,6 +83,22 @@ class QueueOut(BaseModel):
     batch_max_size: int
     batch_max_wait_seconds: float
     batch_requeue_unfinished: bool
+    rpm_limit: int
+    tpm_limit: int
+    breaker_threshold: int
+    breaker_cooldown_seconds: float
+    fair_share: str
+    adaptive_concurrency: bool
+    min_concurrency: int
+    concurrency_now: int = Field(description="How many may run at once now (adaptive)")
+    cooldown: Cooldown
+    throttled_until: dt.datetime | None = Field(
+        description="The provider asked every worker to wait until then"
+    )
+    waiting_reason: str | None = Field(description="Why its queued jobs wait, if they do")
+    usage: dict[str, float] = Field(
+        description="Over the last `window_hours` hours: prompt, completion tokens and cost"
+    )
     running_batches: int = Field(description="Its provider batches not ended yet")
     batch_jobs: int = Field(description="Its running jobs that are in provider batches")
     health: str
@@ -110,6 +146,24 @@ def queue_out(queue, window_hours: float = 24) -> QueueOut:
             [("provider_id", "=", queue.provider_id.id), ("state", "in", ["submitting", "running"])]
         ),
         batch_jobs=queue.batch_jobs_count,
+        rpm_limit=queue.rpm_limit,
+        tpm_limit=queue.tpm_limit,
+        breaker_threshold=queue.breaker_threshold,
+        breaker_cooldown_seconds=queue.breaker_cooldown_seconds,
+        fair_share=queue.fair_share or "none",
+        adaptive_concurrency=queue.adaptive_concurrency,
+        min_concurrency=queue.min_concurrency,
+        concurrency_now=queue._concurrency(),
+        cooldown=Cooldown(
+            state=queue.breaker_state or "closed",
+            reason=queue.breaker_reason or None,
+            since=queue.breaker_since or None,
+            until=queue.breaker_until or None,
+            consecutive_failures=queue.consecutive_failures,
+        ),
+        throttled_until=queue.throttled_until or None,
+        waiting_reason=queue.waiting_reason or None,
+        usage=stats["usage"],
         health=stats["queue_health"],
         live_workers=workers,
         job_counts=stats["job_counts"],

@@ -5,7 +5,8 @@ Health, from the most to the least serious:
 
 - ``disabled``: the queue is paused (not enabled);
 - ``critical``: saturated (running >= max_concurrent_jobs) with a backlog above twice the
-  limit, or more than half of the jobs finished in the last hour failed (at least 5 finished);
+  limit, or more than half of the jobs finished in the last hour failed (at least 5 finished),
+  or its provider is cooled down (its circuit breaker is open);
 - ``warning``: saturated;
 - ``healthy``: otherwise.
 """
@@ -174,8 +175,10 @@ class GenerationQueue(models.Model):
             saturated = queue.current_running_jobs >= queue.max_concurrent_jobs
             if not queue.enabled:
                 queue.health = "disabled"
-            elif (saturated and queue.queued_jobs_count > 2 * queue.max_concurrent_jobs) or (
-                failure_rates.get(queue.provider_id.id, 0.0) > FAILURE_RATE_CRITICAL
+            elif (
+                (saturated and queue.queued_jobs_count > 2 * queue.max_concurrent_jobs)
+                or failure_rates.get(queue.provider_id.id, 0.0) > FAILURE_RATE_CRITICAL
+                or queue.breaker_state == "open"
             ):
                 queue.health = "critical"
             elif saturated:
@@ -394,6 +397,11 @@ class GenerationQueue(models.Model):
         done = by_state.get("completed", {}).get("__count", 0)
         failed = by_state.get("failed", {}).get("__count", 0)
         oldest = jobs.search([*provider, ("state", "=", "queued")], order="queued_at", limit=1)
+        [spent] = self.env["llm.generation.usage"].sudo().read_group(
+            [*provider, ("ended_at", ">=", since)],
+            [],
+            ["prompt_tokens:sum", "completion_tokens:sum", "cost:sum"],
+        ) or [{}]
         return {
             "queue_id": self.id,
             "provider_name": self.provider_id.name,
@@ -413,6 +421,11 @@ class GenerationQueue(models.Model):
                 "window_hours": window_hours,
             },
             "last_processed_at": self.last_processed_at or None,
+            "usage": {
+                "prompt_tokens": spent.get("prompt_tokens:sum") or 0,
+                "completion_tokens": spent.get("completion_tokens:sum") or 0,
+                "cost": spent.get("cost:sum") or 0.0,
+            },
         }
 
 
