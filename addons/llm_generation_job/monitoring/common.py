@@ -114,6 +114,8 @@ def _queue_briefs(su, queues, active, workers: list[dict], now: dt.datetime) -> 
             ),
             "attempt_deadline_seconds": queue.attempt_deadline_seconds,
             "finished_hour": finished_hour.get(provider_id, {"completed": 0, "failed": 0}),
+            "cooldown": queue.breaker_state or "closed",
+            "waiting_reason": queue.waiting_reason or None,
         }
         brief["health"] = _health(brief)
         briefs.append(brief)
@@ -141,7 +143,11 @@ def _health(brief: dict) -> str:
     saturated = brief["running"] >= brief["limit"]
     if not brief["enabled"]:
         return "disabled"
-    if (saturated and brief["backlog"] > 2 * brief["limit"]) or _failing(brief):
+    if (
+        (saturated and brief["backlog"] > 2 * brief["limit"])
+        or _failing(brief)
+        or brief["cooldown"] == "open"
+    ):
         return "critical"
     return "warning" if saturated else "healthy"
 

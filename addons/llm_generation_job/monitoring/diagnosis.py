@@ -98,12 +98,19 @@ def _queue_problems(briefs: list[dict]) -> list[str]:
                 f"{brief['backlog']} waiting, more than twice its limit (raise "
                 "max_concurrent_jobs, or add workers if theirs are full)."
             )
+        if brief["cooldown"] == "open":
+            problems.append(f"Queue '{name}' is cooled down: {brief['waiting_reason']}")
         if _failing(brief):
             finished = brief["finished_hour"]
             problems.append(
                 f"Queue '{name}' is failing: {finished['failed']} of the "
                 f"{finished['completed'] + finished['failed']} jobs finished in the last hour "
                 "failed (`llmjobs diagnostics --show-errors` groups their errors)."
+            )
+    for brief in briefs:
+        if brief["health"] != "critical" and brief["waiting_reason"] and brief["backlog"]:
+            problems.append(
+                f"{_jobs(brief['backlog'])} waiting in '{brief['name']}': {brief['waiting_reason']}"
             )
     return problems
 
@@ -155,6 +162,7 @@ def _stuck(env, briefs: list[dict], now: dt.datetime) -> Found:
         _overdue_retries(env, now),
         _unpolled_external(env, deadlines, now),
         _unpolled_batches(env, now),
+        _over_budget(env, now),
     ):
         stuck += found
         problems += sentences
@@ -369,6 +377,27 @@ def _unpolled_batches(env, now: dt.datetime) -> Found:
         if len(stuck) >= LIST_LIMIT:
             break
     return stuck, problems
+
+
+def _over_budget(env, now: dt.datetime) -> Found:
+    """Queued jobs waiting because a budget has too little left."""
+    waiting = env[JOB].search(
+        [("state", "=", "queued"), ("waiting_reason", "!=", False)],
+        order="queued_at, id",
+        limit=LIST_LIMIT,
+    )
+    if not waiting:
+        return [], []
+    reasons = {row["id"]: row["waiting_reason"] for row in waiting.read(["waiting_reason"])}
+    stuck = [
+        {**summary, "kind": "budget", "reason": reasons[summary["id"]], "fix": None}
+        for summary in job_summaries(waiting, now)
+    ]
+    problem = (
+        f"{_jobs(len(stuck))} waiting for a budget to reset (or be raised): "
+        f"{reasons[stuck[0]['id']]}"
+    )
+    return stuck, [problem]
 
 
 def _sentence_start(text: str) -> str:

@@ -117,6 +117,13 @@ def test_jobs_queued_before_the_limit_wait_at_claim(registry, shop, users, runne
         assert "of provider 'sim', per day" in second.waiting_reason
         assert second.eligible_at
     assert server.stats()["requests"] == 1
+    with registry.environment(user=users["alice"]) as env:
+        from addons.llm_generation_job import monitoring
+
+        found = monitoring.diagnose(env)
+        [waiting] = [item for item in found["stuck"] if item["kind"] == "budget"]
+        assert waiting["id"] == job_ids[1] and "has too little left" in waiting["reason"]
+        assert any("waiting for a budget to reset" in p for p in found["problems"])
 
 
 def test_a_soft_threshold_warns_once_a_period(registry, shop, users, runner, caplog):
@@ -134,11 +141,10 @@ def test_a_soft_threshold_warns_once_a_period(registry, shop, users, runner, cap
 
 
 def test_budgets_are_for_managers_and_checked(registry, users):
-    with registry.environment(user=users["alice"]) as env:
-        with pytest.raises(AccessError):
-            env["llm.budget"].create(
-                {"name": "mine", "scope": "user", "user_id": users["alice"], "hard_limit": 1}
-            )
+    with registry.environment(user=users["alice"]) as env, pytest.raises(AccessError):
+        env["llm.budget"].create(
+            {"name": "mine", "scope": "user", "user_id": users["alice"], "hard_limit": 1}
+        )
     with registry.environment(user=users["manager"]) as env:
         with pytest.raises(ValidationError, match="is a user's: set its user_id"):
             env["llm.budget"].create({"name": "x", "scope": "user", "hard_limit": 1})

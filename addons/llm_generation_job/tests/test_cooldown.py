@@ -82,6 +82,12 @@ def test_a_storm_cools_the_provider_down_and_one_probe_reopens_it(registry, stor
     assert server.stats()["requests"] == 3
     assert {job_state(registry, j) for j in waiting} == {"queued"}
     state = queue_state(registry, queue_id)
+    with registry.environment(user=users["manager"]) as env:
+        from addons.llm_generation_job import monitoring
+
+        found = monitoring.diagnose(env)
+        assert any(p.startswith("Queue 'sim queue' is cooled down") for p in found["problems"])
+        assert {q["health"] for q in found["queues"]} == {"critical"}
     assert state["waiting"].startswith("Cooled down since ")
     assert (
         "after 3 failures in a row" in state["waiting"] and "one probe request" in state["waiting"]
