@@ -499,25 +499,19 @@ def test_managers_configure_batches_over_http_and_the_cli(registry, api, users, 
         assert env["llm.generation.queue"].browse(local_queue).execution_mode == "stream"
 
 
-def test_the_cleanup_deletes_old_batches_once_their_jobs_are_gone(registry, setup):
-    _, _, job_ids, _ = setup(3, batch_max_size=2, batch_max_wait_seconds=0)
+def test_the_cleanup_deletes_old_batches_once_their_jobs_are_gone(registry, setup, users):
+    prompts = ["fine", "[sim:status=503] later"]  # one completes, one waits for its retry
+    _, _, job_ids, _ = setup(2, prompts=prompts)
     until_finished(registry, job_ids)
-    with registry.environment() as env:
-        jobs = env["llm.generation.job"].browse(job_ids)
-        assert len(jobs.mapped("batch_id")) == 2  # two jobs, then the third
-        old_ids = jobs.filtered(lambda job: job.batch_id == jobs[0].batch_id).ids
-        old_batch, recent_batch = jobs[0].batch_id.id, jobs[2].batch_id.id
-        long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=8)
-        table = env["llm.generation.job"]._table_obj
-        env.cr.execute(  # made and finished eight days ago
-            table.update()
-            .where(table.c.id.in_(old_ids))
-            .values(create_date=long_ago, completed_at=long_ago)
-        )
-        env["llm.generation.batch"].browse(old_batch).write({"ended_at": long_ago})
-    with registry.environment() as env:
-        assert env["llm.generation.job"].cleanup_old_jobs(days=7) == 2
     with registry.environment(readonly=True) as env:
-        assert not env["llm.generation.batch"].browse(old_batch).exists()
-        assert env["llm.generation.batch"].browse(recent_batch).exists()
-        assert env["llm.generation.job"].browse(job_ids[2]).exists()
+        batch_id = env["llm.generation.job"].browse(job_ids[0]).batch_id.id
+    with registry.environment() as env:  # everything finished is old enough
+        assert env["llm.generation.job"].cleanup_old_jobs(days=-1) == 1
+    with registry.environment(readonly=True) as env:
+        assert env["llm.generation.batch"].browse(batch_id).exists()  # a job of it is left
+    with registry.environment(user=users["alice"]) as env:
+        env["llm.generation.job"].browse(job_ids[1]).action_cancel()
+    with registry.environment() as env:
+        assert env["llm.generation.job"].cleanup_old_jobs(days=-1) == 1
+    with registry.environment(readonly=True) as env:
+        assert not env["llm.generation.batch"].browse(batch_id).exists()

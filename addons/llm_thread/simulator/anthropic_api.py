@@ -4,6 +4,8 @@ message_delta, message_stop; or one ``message`` object) and ``GET /v1/models``."
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from .dialect import (
@@ -17,6 +19,7 @@ from .dialect import (
     text_of,
     turns_of,
 )
+from .limits import WindowState
 
 MODELS = ("claude-sim-large", "claude-sim-small")
 _CREATED_AT = "2025-01-01T00:00:00Z"
@@ -116,6 +119,16 @@ class AnthropicDialect(Dialect):
         return {
             **_message(generation, [{"type": "text", "text": generation.text}]),
             "usage": _usage(generation, output_tokens=generation.completion_tokens),
+        }
+
+    def rate_limit_headers(self, window: WindowState) -> dict[str, str]:
+        # The moment the limit is fully replenished, to the second (rounded up: never
+        # earlier than it is).
+        reset = datetime.fromtimestamp(math.ceil(window.now + window.reset_seconds), UTC)
+        return {
+            "anthropic-ratelimit-requests-limit": str(window.limit),
+            "anthropic-ratelimit-requests-remaining": str(window.remaining),
+            "anthropic-ratelimit-requests-reset": reset.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
     def models(self) -> dict[str, Any]:

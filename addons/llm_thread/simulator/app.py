@@ -1,8 +1,10 @@
 """The simulator's Starlette app, the same for every protocol: it checks the API key, picks
 the request's scenario, answers with an injected error or paces out the dialect's reply, and
-keeps the stats. ``GET /_sim/stats`` reads them and ``POST /_sim/reset`` zeroes them (queued
-faults stay). The batch endpoints (``batches``) share its API key check and scenarios: a
-batched request gets the reply or error the chat endpoint would give."""
+keeps the stats. A generation request over the server's limits (``limits``) gets the
+protocol's 429 instead. ``GET /_sim/stats`` reads the stats, ``GET /_sim/requests`` the times
+of the accepted generation requests, and ``POST /_sim/reset`` zeroes both (queued faults and
+the limits' window stay). The batch endpoints (``batches``) share its API key check and
+scenarios: a batched request gets the reply or error the chat endpoint would give."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import asyncio
 import hmac
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,12 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from .anthropic_api import AnthropicDialect
 from .batches import BatchBook, BatchClock, batch_routes
-from .dialect import Dialect, Generation, default_message
+from .dialect import ChatRequest, Dialect, Generation, default_message
+from .limits import Admission, Limits, WindowState
 from .ollama_api import OllamaDialect
 from .openai_api import OpenAIDialect
 from .responses import response_routes
 from .scenario import Scenario
-from .stats import COMPLETED, FAULT, Outcome, Stats
+from .stats import COMPLETED, FAULT, RATE_LIMITED, Outcome, Stats
 
 DIALECTS: dict[str, Dialect] = {
     dialect.name: dialect for dialect in (OpenAIDialect(), AnthropicDialect(), OllamaDialect())
@@ -39,15 +42,20 @@ class SimulatedCut(Exception):
 
 class SimulatorState:
     """What the app's requests share with the thread that owns the server: the defaults, the
-    API key, the queue of scripted faults, the stats and the batches."""
+    API key, the queue of scripted faults, the stats, the limits and the batches."""
 
     def __init__(
-        self, defaults: Scenario, api_key: str | None = None, batches: BatchClock | None = None
+        self,
+        defaults: Scenario,
+        api_key: str | None = None,
+        batches: BatchClock | None = None,
+        limits: Limits | None = None,
     ):
         self.defaults = defaults
         self.api_key = api_key
         self.batches = BatchBook(batches or BatchClock())
         self.stats = Stats()
+        self.limits = limits or Limits()
         self._faults: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
 
@@ -77,9 +85,19 @@ class SimulatorState:
 
 
 def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
-    def error(status: int, message: str, retry_after: float | None = None) -> JSONResponse:
-        headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
+    def error(
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
+        headers = dict(headers or {})
+        if retry_after is not None:
+            headers["retry-after"] = f"{retry_after:g}"
         return JSONResponse(dialect.error(status, message), status_code=status, headers=headers)
+
+    def limit_headers(window: WindowState | None) -> dict[str, str]:
+        return {} if window is None else dialect.rate_limit_headers(window)
 
     def refusal(request: Request) -> Response | None:
         return state.refusal(dialect, request)
@@ -95,24 +113,50 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
             return error(400, "The request body is not valid JSON.")
         try:
             chat_request = dialect.parse(body)
-            scenario = state.next_scenario(chat_request.prompt)
-        except ValueError as exc:  # InvalidRequest, or a bad directive or queued fault
+        except ValueError as exc:  # InvalidRequest
             return error(400, str(exc))
+        # Limits before the scenario: a refused request must not use up a queued fault.
+        admission = state.limits.admit()
+        if not isinstance(admission, Admission):
+            state.stats.count(RATE_LIMITED)
+            return error(
+                429, default_message(429), admission.retry_after, limit_headers(admission.window)
+            )
+        try:
+            return await generate(chat_request, admission)
+        except BaseException:
+            admission.release()
+            raise
+
+    async def generate(chat_request: ChatRequest, admission: Admission) -> Response:
+        """The answer to an admitted request; its slot is released when the generation ends
+        (for a stream, when its body does)."""
+        headers = limit_headers(admission.window)
+        try:
+            scenario = state.next_scenario(chat_request.prompt)
+        except ValueError as exc:  # a bad directive or queued fault
+            admission.release()
+            return error(400, str(exc), headers=headers)
         if scenario.status is not None:
+            admission.release()
             state.stats.count(FAULT)
             return error(
                 scenario.status,
                 scenario.message or default_message(scenario.status),
                 scenario.retry_after,
+                headers,
             )
         generation = Generation.plan(chat_request, scenario, dialect.id_prefix)
         if chat_request.stream:
-            return GenerationStream(dialect, generation, state.stats)
-        with state.stats.generation(Outcome()) as outcome:
-            await asyncio.sleep(generation.duration)
-            outcome.counter = COMPLETED
+            return GenerationStream(dialect, generation, state.stats, headers, admission.release)
+        try:
+            with state.stats.generation(Outcome()) as outcome:
+                await asyncio.sleep(generation.duration)
+                outcome.counter = COMPLETED
+        finally:
+            admission.release()
         state.stats.served(generation.request.prompt_tokens, generation.completion_tokens)
-        return JSONResponse(dialect.complete(generation))
+        return JSONResponse(dialect.complete(generation), headers=headers)
 
     async def models(request: Request) -> Response:
         return refusal(request) or JSONResponse(dialect.models())
@@ -120,8 +164,12 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
     async def stats(request: Request) -> Response:
         return JSONResponse(state.stats.snapshot())
 
+    async def requests(request: Request) -> Response:
+        return JSONResponse({"times": state.limits.times()})
+
     async def reset(request: Request) -> Response:
         state.stats.reset()
+        state.limits.clear()
         return JSONResponse(state.stats.snapshot())
 
     return Starlette(
@@ -129,6 +177,7 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
             Route(dialect.chat_path, chat, methods=["POST"]),
             Route(dialect.models_path, models, methods=["GET"]),
             Route("/_sim/stats", stats, methods=["GET"]),
+            Route("/_sim/requests", requests, methods=["GET"]),
             Route("/_sim/reset", reset, methods=["POST"]),
             *batch_routes(dialect, state),
             *response_routes(dialect, state),
@@ -138,22 +187,37 @@ def build_app(dialect: Dialect, state: SimulatorState) -> Starlette:
 
 class GenerationStream(StreamingResponse):
     """A streamed reply, counted in flight until it ends: completed, faulted, or abandoned by
-    its client (Starlette cancels the body when the client disconnects)."""
+    its client (Starlette cancels the body when the client disconnects); ``on_end`` is
+    called then (it frees the request's in-flight slot)."""
 
-    def __init__(self, dialect: Dialect, generation: Generation, stats: Stats):
+    def __init__(
+        self,
+        dialect: Dialect,
+        generation: Generation,
+        stats: Stats,
+        headers: dict[str, str] | None = None,
+        on_end: Callable[[], None] | None = None,
+    ):
         self._outcome = Outcome()
         self._body = _paced_frames(dialect, generation, self._outcome, stats)
         self._stats = stats
+        self._on_end = on_end
         super().__init__(
-            self._body, media_type=dialect.stream_media_type, headers={"cache-control": "no-cache"}
+            self._body,
+            media_type=dialect.stream_media_type,
+            headers={"cache-control": "no-cache", **(headers or {})},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with self._stats.generation(self._outcome):
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                await self._body.aclose()
+        try:
+            with self._stats.generation(self._outcome):
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    await self._body.aclose()
+        finally:
+            if self._on_end is not None:
+                self._on_end()
 
 
 async def _paced_frames(

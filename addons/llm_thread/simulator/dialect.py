@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from .limits import WindowState
 from .replies import count_tokens, reply_chunks
 from .scenario import Scenario
 
@@ -165,6 +166,12 @@ class Dialect(ABC):
     @abstractmethod
     def models(self) -> dict[str, Any]:
         """The model list's body."""
+
+    def rate_limit_headers(self, window: WindowState) -> dict[str, str]:
+        """The provider's own headers for the state of its requests limit, sent with every
+        generation answer while the server has an rpm limit (none by default: Ollama has
+        no rate limits)."""
+        return {}
 
 
 def default_message(status: int) -> str:

@@ -15,6 +15,7 @@ from .dialect import (
     sse,
     turns_of,
 )
+from .limits import WindowState
 
 MODELS = ("sim-gpt", "sim-gpt-mini", "sim-text-embedding")
 _CREATED = 1_700_000_000
@@ -99,6 +100,13 @@ class OpenAIDialect(Dialect):
             "usage": _usage(generation),
         }
 
+    def rate_limit_headers(self, window: WindowState) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(window.limit),
+            "x-ratelimit-remaining-requests": str(window.remaining),
+            "x-ratelimit-reset-requests": go_duration(window.reset_seconds),
+        }
+
     def models(self) -> dict[str, Any]:
         return {
             "object": "list",
@@ -142,3 +150,21 @@ def _usage(generation: Generation) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` as OpenAI writes its resets (Go's Duration format): "120ms", "1s",
+    "17.28s", "6m0s", "1h2m3s"; rounded to the millisecond."""
+    milliseconds = max(0, round(seconds * 1000))
+    if milliseconds == 0:
+        return "0s"
+    if milliseconds < 1000:
+        return f"{milliseconds}ms"
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    hours, minutes = divmod(minutes, 60)
+    secs = f"{milliseconds / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

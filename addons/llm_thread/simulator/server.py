@@ -16,6 +16,7 @@ import uvicorn
 
 from .app import DIALECTS, SimulatedCut, SimulatorState, build_app
 from .batches import BatchClock
+from .limits import KEEP, Keep, Limits
 from .scenario import Scenario
 
 STARTUP_TIMEOUT = 10.0
@@ -47,7 +48,10 @@ class SimulatorServer:
     or ``[sim:...]`` directives in the last user message (see ``scenario``). Batches (OpenAI
     and Anthropic) work a request every ``batch_request_seconds`` after
     ``batch_validation_seconds`` and expire after ``batch_window_seconds`` (see
-    ``batches``)."""
+    ``batches``). Limits, as a provider's shared by all its clients (see ``limits``): with
+    ``rpm_limit``, at most that many generation requests accepted in any 60 seconds; with
+    ``max_in_flight``, at most that many generations at once; a request over either gets
+    the protocol's 429 with a Retry-After."""
 
     def __init__(
         self,
@@ -60,6 +64,8 @@ class SimulatorServer:
         batch_request_seconds: float = 0.0,
         batch_window_seconds: float = 86400.0,
         batch_validation_seconds: float = 0.0,
+        rpm_limit: int | None = None,
+        max_in_flight: int | None = None,
         port: int = 0,
         host: str = "127.0.0.1",
     ):
@@ -73,6 +79,7 @@ class SimulatorServer:
             Scenario(tokens=tokens, token_delay=token_delay, first_token_delay=first_token_delay),
             api_key,
             BatchClock(batch_request_seconds, batch_window_seconds, batch_validation_seconds),
+            Limits(rpm_limit, max_in_flight),
         )
         self.app = build_app(self._dialect, self._state)
         self._socket: socket.socket | None = None
@@ -177,8 +184,8 @@ class SimulatorServer:
     # -- control and observation -------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """requests, in_flight, max_in_flight, completed, disconnects, faults, batches,
-        batch_requests, prompt_tokens, completion_tokens (served)."""
+        """requests, in_flight, max_in_flight, completed, disconnects, faults, rate_limited,
+        batches, batch_requests, prompt_tokens, completion_tokens (served)."""
         return self._state.stats.snapshot()
 
     def wait_idle(self, timeout: float = 5.0) -> dict[str, int]:
@@ -192,7 +199,23 @@ class SimulatorServer:
         return stats
 
     def reset_stats(self) -> None:
+        """Zero the stats and forget the recorded request times (``request_times``); the
+        limits' window stays (see ``configure_limits``)."""
         self._state.stats.reset()
+        self._state.limits.clear()
+
+    def request_times(self) -> list[float]:
+        """Epoch seconds at which each generation request was accepted (not refused by a
+        limit, the key or a bad body) since the last ``reset_stats``, in order; what ``GET
+        /_sim/requests`` answers as ``{"times": [...]}``."""
+        return self._state.limits.times()
+
+    def configure_limits(
+        self, *, rpm_limit: int | Keep | None = KEEP, max_in_flight: int | Keep | None = KEEP
+    ) -> None:
+        """Change the limits from now on (None: no limit; a limit not given stays). The
+        window keeps the requests accepted in the last minute, as a provider's would."""
+        self._state.limits.configure(rpm_limit=rpm_limit, max_in_flight=max_in_flight)
 
     def push_fault(self, **settings: Any) -> None:
         """Make the next generation request follow these Scenario settings, e.g.

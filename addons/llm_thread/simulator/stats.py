@@ -13,6 +13,7 @@ REQUESTS = "requests"
 # How a generation ended; a generation that ends otherwise was abandoned by its client.
 COMPLETED, FAULT, DISCONNECT = "completed", "faults", "disconnects"
 BATCHES, BATCH_REQUESTS = "batches", "batch_requests"  # batches created, requests in them
+RATE_LIMITED = "rate_limited"  # generation requests refused over the server's limits (429)
 # Tokens served: a generation's prompt once it produced its first token (or, not streamed,
 # its reply), and each token it sent.
 PROMPT_TOKENS, COMPLETION_TOKENS = "prompt_tokens", "completion_tokens"
@@ -31,7 +32,8 @@ class Stats:
     sends many requests on one);
     ``in_flight`` / ``max_in_flight``: generations running now / at most at once since the
     last reset; ``completed``, ``disconnects`` (the client went away mid-generation) and
-    ``faults`` (injected errors, cuts and malformed streams); ``batches`` created and the
+    ``faults`` (injected errors, cuts and malformed streams); ``rate_limited``: generation
+    requests refused over the server's rpm or in-flight limit; ``batches`` created and the
     ``batch_requests`` in them; ``prompt_tokens`` and ``completion_tokens`` served (streamed,
     not streamed, in batches and background responses: the usage a provider bills)."""
 
@@ -49,6 +51,7 @@ class Stats:
             COMPLETED: 0,
             DISCONNECT: 0,
             FAULT: 0,
+            RATE_LIMITED: 0,
             BATCHES: 0,
             BATCH_REQUESTS: 0,
             PROMPT_TOKENS: 0,

@@ -345,6 +345,9 @@ def test_stats_over_http(ollama_server):
         "faults": 0,
         "batches": 0,
         "batch_requests": 0,
+        "prompt_tokens": 2,
+        "completion_tokens": 40,
+        "rate_limited": 0,
     }
     assert httpx.post(root + "/_sim/reset").json()["requests"] == 0
     assert ollama_server.stats()["completed"] == 0

@@ -7,7 +7,9 @@ lists models. ``stream_background`` / ``astream_background`` stream an OpenAI re
 background response (``openai_responses``): it yields ``Resumable`` first and deltas with
 cursors, and ``resume=(response_id, cursor)`` re-attaches to it after a lost stream instead
 of generating again. ``BATCH_PROTOCOLS[protocol]`` submits, polls, cancels and reads provider
-batches (see ``batch``). Every failure raises ``errors.ProviderError``. Each protocol module
+batches (see ``batch``). A stream whose response headers report the provider's requests
+limit yields ``RateLimit`` first (see ``rate_limits``). Every failure raises
+``errors.ProviderError``. Each protocol module
 is sans-IO (``chat_request`` and a ``Decoder``); ``transport`` drives them.
 """
 
@@ -20,7 +22,7 @@ import httpx
 
 from . import anthropic, anthropic_batch, ollama, openai, openai_batch, openai_responses, transport
 from .errors import ProviderError
-from .events import Finish, Resumable, StreamEvent, TextDelta, Usage
+from .events import Finish, RateLimit, Resumable, StreamEvent, TextDelta, Usage
 
 PROTOCOLS = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
 BATCH_PROTOCOLS = {"openai": openai_batch, "anthropic": anthropic_batch}
@@ -120,6 +122,7 @@ __all__ = [
     "PROTOCOLS",
     "Finish",
     "ProviderError",
+    "RateLimit",
     "Resumable",
     "StreamEvent",
     "TextDelta",

@@ -21,6 +21,8 @@ import httpx
 
 from core.redaction import redact
 
+from .rate_limits import rate_limit
+
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 # Error types, in a stream that had started, that blame the request rather than the provider.
 PERMANENT_ERROR_TYPES = frozenset(
@@ -39,7 +41,10 @@ MAX_RETRY_AFTER = 86400.0  # seconds; a longer Retry-After is read as this
 
 class ProviderError(Exception):
     """A provider call failed; ``retryable`` tells whether trying again later may succeed,
-    ``retry_after`` how long the provider asked to wait (seconds), if it said."""
+    ``retry_after`` how long the provider asked to wait (seconds), if it said.
+    ``remaining_requests`` and ``reset_seconds``: the provider's requests limit as its
+    error response's headers reported it (see ``rate_limits``; None when they did not), so
+    that a 429 tells clients sharing the limit how long the whole window stays spent."""
 
     def __init__(
         self,
@@ -50,12 +55,16 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         api_key: str | None = None,
+        remaining_requests: int | None = None,
+        reset_seconds: float | None = None,
     ):
         self.provider = provider
         self.message = scrub(message, api_key)
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.remaining_requests = remaining_requests
+        self.reset_seconds = reset_seconds
         super().__init__(self._describe())
 
     @property
@@ -81,7 +90,15 @@ class ProviderError(Exception):
         # Exceptions pickle as cls(*args); ours rebuild from their attributes instead.
         return (
             _rebuild,
-            (self.provider, self.message, self.retryable, self.status, self.retry_after),
+            (
+                self.provider,
+                self.message,
+                self.retryable,
+                self.status,
+                self.retry_after,
+                self.remaining_requests,
+                self.reset_seconds,
+            ),
         )
 
     def __repr__(self) -> str:
@@ -92,10 +109,22 @@ class ProviderError(Exception):
 
 
 def _rebuild(
-    provider: str, message: str, retryable: bool, status: int | None, retry_after: float | None
+    provider: str,
+    message: str,
+    retryable: bool,
+    status: int | None,
+    retry_after: float | None,
+    remaining_requests: int | None = None,
+    reset_seconds: float | None = None,
 ) -> ProviderError:
     return ProviderError(
-        provider, message, retryable=retryable, status=status, retry_after=retry_after
+        provider,
+        message,
+        retryable=retryable,
+        status=status,
+        retry_after=retry_after,
+        remaining_requests=remaining_requests,
+        reset_seconds=reset_seconds,
     )
 
 
@@ -165,9 +194,11 @@ def from_response(
     response: httpx.Response,
     api_key: str | None,
 ) -> ProviderError:
-    """The error for a non-2xx response whose body has been read."""
+    """The error for a non-2xx response whose body has been read (with the requests limit
+    its headers report, if any: a 429's, mostly)."""
     status = response.status_code
     message = error_message(response.content) or "(no error message)"
+    limit = rate_limit(response.headers)
     return ProviderError(
         provider,
         message,
@@ -175,6 +206,8 @@ def from_response(
         retryable=is_retryable_status(status),
         retry_after=parse_retry_after(response.headers),
         api_key=api_key,
+        remaining_requests=limit.remaining_requests if limit else None,
+        reset_seconds=limit.reset_seconds if limit else None,
     )
 
 

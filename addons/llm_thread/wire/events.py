@@ -4,7 +4,8 @@ A successful stream yields any number of ``TextDelta``, then ``Usage`` (when the
 reported token counts) and ``Finish`` last. A stream the provider runs as a background
 response (OpenAI's Responses API) first yields ``Resumable``, and its deltas carry cursors: a
 reader that lost the stream can re-attach after the last cursor it saw. A failed stream
-raises ``ProviderError`` instead of yielding ``Finish``.
+raises ``ProviderError`` instead of yielding ``Finish``. When the provider's response headers
+report its requests limit, ``RateLimit`` comes before everything else.
 """
 
 from __future__ import annotations
@@ -52,4 +53,16 @@ class Finish:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-StreamEvent = Resumable | TextDelta | Usage | Finish
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """The provider's requests limit when it accepted this stream, from its response headers
+    (OpenAI's ``x-ratelimit-*-requests``, Anthropic's ``anthropic-ratelimit-requests-*``):
+    what clients sharing the limit pace themselves by. ``reset_seconds``: until the limit is
+    fully replenished. A value the provider did not send, or sent unreadable, is None."""
+
+    limit_requests: int | None
+    remaining_requests: int | None
+    reset_seconds: float | None
+
+
+StreamEvent = RateLimit | Resumable | TextDelta | Usage | Finish

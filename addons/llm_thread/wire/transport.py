@@ -7,8 +7,10 @@ A protocol module is sans-IO: ``chat_request(...)`` says what to send, and its `
 turns what comes back (server-sent events or NDJSON lines) into stream events. The two
 drivers do the I/O the same way: open the stream, feed the decoder until its terminal event,
 read the rest of the body (so the connection goes back to the pool), then give the decoder's
-final events (usage, finish). Decoders read the values they use through ``Shapes``: one of
-the wrong type is a malformed stream, and texts come out storable (``clean_text``).
+final events (usage, finish). Before the first item, they yield the provider's requests
+limit read from the response headers (``RateLimit``), when these report one. Decoders read
+the values they use through ``Shapes``: one of the wrong type is a malformed stream, and
+texts come out storable (``clean_text``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from . import errors
 from .events import StreamEvent
+from .rate_limits import rate_limit
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ def stream(
 ) -> Iterator[StreamEvent]:
     """Send ``request`` and yield its events (closing the generator closes the response)."""
     with _open(client, request, provider, api_key) as response:
+        limit = rate_limit(response.headers)
+        if limit is not None:
+            yield limit
         try:
             items = _items(response, request.framing)
             for item in items:
@@ -93,6 +99,9 @@ async def astream(
 ) -> AsyncIterator[StreamEvent]:
     """``stream`` on an asynchronous client; ``timeout`` bounds each read."""
     async with _aopen(client, request, provider, api_key, timeout) as response:
+        limit = rate_limit(response.headers)
+        if limit is not None:
+            yield limit
         try:
             items = _aitems(response, request.framing)
             async for item in items:
