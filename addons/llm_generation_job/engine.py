@@ -34,7 +34,14 @@ import httpx
 from addons.llm_thread import wire
 from addons.llm_thread.models.llm_provider import shared_client
 from addons.llm_thread.wire.errors import ProviderError
-from addons.llm_thread.wire.events import Finish, Resumable, StreamEvent, TextDelta, Usage
+from addons.llm_thread.wire.events import (
+    Finish,
+    RateLimit,
+    Resumable,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 from core.registry import Registry
 
 from .execution import PreparedAttempt, describe_failure
@@ -64,6 +71,9 @@ class Stream:
         # the writer recorded it.
         self.response: tuple[str, int] | None = None
         self.response_saved = False
+        # Seconds the provider said its requests limit stays spent (remaining-requests at 0):
+        # for the writer to hold every worker back (then None again).
+        self.throttle: float | None = None
         self.usage: Usage | None = None
         self.finish: Finish | None = None
         self.outcome: tuple | None = None  # set once, when the stream is over
@@ -229,6 +239,10 @@ class StreamEngine:
                     if isinstance(event, TextDelta):
                         if stream.add(event.text, event.cursor):
                             self.writer.wake()  # the first piece is saved at once
+                    elif isinstance(event, RateLimit):
+                        if event.remaining_requests == 0 and event.reset_seconds:
+                            stream.throttle = event.reset_seconds
+                            self.writer.wake()
                     elif isinstance(event, Resumable):
                         stream.response = (event.response_id, event.cursor)
                         self.writer.wake()  # saved at once: a takeover re-attaches to it
@@ -254,8 +268,11 @@ class StreamEngine:
                 outcome = ("fail", text, True)
             else:
                 text, retryable, retry_after = describe_failure(error, stream.lease.job_id)
-                throttled = isinstance(error, ProviderError) and error.status == 429
-                outcome = ("fail", text, retryable, retry_after, throttled)
+                if retryable and isinstance(error, ProviderError) and error.status == 429:
+                    # The provider's back-pressure: the job waits in line, not a failure.
+                    outcome = ("throttled", text, retry_after)
+                else:
+                    outcome = ("fail", text, retryable, retry_after)
         stream.outcome = outcome
         self.writer.wake()
 

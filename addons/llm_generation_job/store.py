@@ -77,6 +77,7 @@ LEASE_SECONDS = float(os.environ.get("LLMJOBS_JOB_LEASE_SECONDS", "30"))
 JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.generation.queue"
 CHUNK, WORKER, BATCH = "llm.generation.job.chunk", "llm.generation.worker", "llm.generation.batch"
 USAGE, BUDGET = "llm.generation.usage", "llm.budget"
+HOLD_BACKS = 5  # a job held back for the provider's rate limit this often fails
 CHARS_PER_TOKEN = 4  # the estimate of an attempt's tokens when its provider reported none
 BATCH_WORKER = "provider batch"  # the worker of a batch job's attempt
 BATCH_SUBMIT_SECONDS = 300.0  # a submission not recorded by then is taken over
@@ -603,13 +604,11 @@ class JobStore:
         retry_after: float | None = None,
         text: str | None = None,
         tail: Sequence[Piece] = (),
-        throttled: bool = False,
     ) -> bool:
         """The attempt failed: a retry is scheduled when the error is retryable and retries
         are left, else the job fails for good; a requested cancellation wins. ``text``: the
-        partial reply, kept and marked with the error (``tail``: its pieces not logged yet);
-        ``throttled``: the provider rate-limited it (a 429). False when the lease was
-        lost."""
+        partial reply, kept and marked with the error (``tail``: its pieces not logged yet).
+        False when the lease was lost."""
         job = self._hold(lease, cancelled_ok=True)
         if not job:
             return False
@@ -628,9 +627,25 @@ class JobStore:
         )
         if retryable:
             self._provider_answered(job, ok=False, error=error, retry_after=retry_after)
-        if throttled:
-            self.throttle(job.provider_id.id, retry_after or 1.0, halve=True)
         return True
+
+    def hold_back(self, lease: Lease, error: str, retry_after: float | None) -> bool:
+        """The provider refused the attempt for its rate limit (a 429): back-pressure, not a
+        failure. The job goes back to its place in line (not counted as a retry), every
+        worker holds its jobs back for ``retry_after`` seconds, an adaptive queue halves its
+        concurrency, and the refusal counts towards a cooldown. A job held back HOLD_BACKS
+        times fails instead (retryably: its retries and their backoff decide), so that a
+        request the provider will never take does not wait for ever. False when the lease
+        was lost."""
+        job = self.jobs.browse(lease.job_id)
+        self.throttle(job.provider_id.id, retry_after or 1.0, halve=True)
+        self._provider_answered(job, ok=False, error=error, retry_after=retry_after)
+        held = self.env[ATTEMPT].search_count(
+            [("job_id", "=", job.id), ("outcome", "=", "interrupted")]
+        )
+        if held >= HOLD_BACKS:
+            return self.fail(lease, error, retryable=True, retry_after=retry_after)
+        return self.release(lease, f"{_sentence(error)} Queued again, in its place in line.")
 
     def _provider_answered(
         self, job, *, ok: bool, error: str = "", retry_after: float | None = None

@@ -3,7 +3,8 @@ every stream of the worker did.
 
 Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends, one transaction:
 
-- the background responses the streams began on are recorded (before their pieces);
+- the background responses the streams began on are recorded (before their pieces), and a
+  provider's word that its requests limit is spent holds every worker back (``throttle``);
 - the text the streams got since the last flush goes to the stream log, a piece per stream;
   the store locks their job rows first, so each piece is fenced by its lease (a stream whose
   lease was lost, or whose cancellation was requested, is stopped and its pieces dropped);
@@ -109,7 +110,8 @@ class Writer:
         flowing = [s for s in streams if s.outcome is None]
         pieces = [p for s in flowing for p in self._unsaved.get(s, ())]
         responses = [s for s in streams if s.response and not s.response_saved]
-        if not (pieces or ending or beat or responses):
+        throttles = [(s, s.throttle) for s in streams if s.throttle]
+        if not (pieces or ending or beat or responses or throttles):
             return
         try:
             with self.registry.environment() as env:
@@ -118,6 +120,8 @@ class Writer:
                     self._drop_logged(store, streams)
                     pieces = [p for s in flowing for p in self._unsaved.get(s, ())]
                 store.attach_responses([(s.lease, *s.response) for s in responses])
+                for stream, seconds in throttles:
+                    store.throttle(stream.prepared.provider_id, seconds)
                 lost = store.append(pieces)
                 results = {stream: self._record(env, store, stream) for stream in ending}
                 if beat:
@@ -128,6 +132,8 @@ class Writer:
         self._unsure = False
         for stream in responses:
             stream.response_saved = True
+        for stream, _ in throttles:
+            stream.throttle = None
         for stream in flowing:
             self._unsaved.pop(stream, None)
         for stream, result in results.items():
@@ -204,17 +210,13 @@ def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
     if kind == "fail":
         message, retryable, *rest = details
         retry_after = rest[0] if rest else None
-        throttled = len(rest) > 1 and rest[1]
         failed = store.fail(
-            lease,
-            message,
-            retryable=retryable,
-            retry_after=retry_after,
-            text=text,
-            tail=tail,
-            throttled=throttled,
+            lease, message, retryable=retryable, retry_after=retry_after, text=text, tail=tail
         )
         return "failed" if failed else "lost"
+    if kind == "throttled":
+        message, retry_after = details
+        return "interrupted" if store.hold_back(lease, message, retry_after) else "lost"
     if store.finish_cancelled(lease, text, tail):
         return "cancelled"
     if kind == "fenced":

@@ -1,5 +1,6 @@
-"""One job's page: its inputs, state and error, the attempt timeline, the reply (streaming live
-while the job runs), and retry and cancel.
+"""One job's page: its inputs, state and error, what it cost, the attempt timeline (each
+attempt's tokens and cost), the reply (streaming live while the job runs), and retry and
+cancel.
 
 ::
 
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from addons.llm_generation_job.controllers.jobs import AttemptOut, JobDetail, job_detail
+from addons.llm_generation_job.controllers.usage import format_cost
 from core.exceptions import UserError
 from core.http import PageUser, render, visible_record
 
@@ -71,6 +73,7 @@ def _page_context(env, job_id: int) -> dict:
         "model_name": job.model_id.name or "",
         "thread_name": job.thread_id.name,
         "attempts": [(attempt, attempt_figures(attempt)) for attempt in detail.attempts],
+        "cost": format_cost,
     }
 
 

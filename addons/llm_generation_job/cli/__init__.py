@@ -5,6 +5,7 @@ from .demo import demo
 from .diagnostics import diagnostics
 from .jobs import jobs
 from .queues import queues
+from .usage import usage
 from .workers import workers
 
-commands = [demo, jobs, queues, workers, chat, diagnostics]
+commands = [demo, jobs, queues, workers, usage, chat, diagnostics]

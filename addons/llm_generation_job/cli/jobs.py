@@ -241,7 +241,7 @@ def jobs_show(obj, job_id: int, as_json: bool) -> None:
         "inputs": json.dumps(detail["generation_inputs"]) if detail["generation_inputs"] else None,
         "prompt": prompt["body"] if prompt else None,
         "reply": f"[{reply['state']}] {reply['body']}" if reply else None,
-        "usage": _usage(reply),
+        "usage": _usage(detail["usage"], reply),
         "provider_job": _provider_job(detail["provider_job"]),
     }
     print_record(
@@ -273,7 +273,9 @@ def jobs_show(obj, job_id: int, as_json: bool) -> None:
             ("usage", "Usage"),
         ],
         title=f"Generation job {detail['id']}: {detail['name']}",
-        extra=lambda: _print_attempts(detail["attempts"]),
+        extra=lambda: _print_attempts(
+            detail["attempts"], priced=bool(detail["usage"] and detail["usage"]["priced"])
+        ),
     )
 
 
@@ -296,23 +298,43 @@ def _provider_job(found: dict | None) -> str | None:
     return " · ".join(part for part in parts if part)
 
 
-def _usage(reply: dict | None) -> str | None:
-    if not reply or not (reply["prompt_tokens"] or reply["completion_tokens"]):
-        return None
-    finish = f", finish: {reply['finish_reason']}" if reply["finish_reason"] else ""
-    return f"{reply['prompt_tokens']} tokens in, {reply['completion_tokens']} out{finish}"
+def _usage(spent: dict | None, reply: dict | None) -> str | None:
+    """What the job spent (its ledger rows; the reply's tokens before any attempt ended), as
+    one line: tokens, the reply's finish reason, and the cost when its model has prices (else
+    the cost is unknown, not 0)."""
+    finish = f", finish: {reply['finish_reason']}" if reply and reply["finish_reason"] else ""
+    if spent is None:
+        if not reply or not (reply["prompt_tokens"] or reply["completion_tokens"]):
+            return None
+        return f"{reply['prompt_tokens']} tokens in, {reply['completion_tokens']} out{finish}"
+    from ..controllers.usage import format_cost
+
+    cached = f" ({spent['cached_tokens']} cached)" if spent["cached_tokens"] else ""
+    estimated = " (estimated)" if spent["estimated"] else ""
+    cost = f", cost {format_cost(spent['cost'])}" if spent["priced"] else ""
+    return (
+        f"{spent['prompt_tokens']} tokens in{cached}, {spent['completion_tokens']} out"
+        f"{estimated}{finish}{cost}"
+    )
 
 
-def _print_attempts(attempts: list[dict]) -> None:
+def _print_attempts(attempts: list[dict], priced: bool) -> None:
+    """The attempt timeline; their costs when the job's model has prices."""
+    from ..controllers.usage import format_cost
+
     click.echo()
     rows = [
         {
             **attempt,
             "tokens": (
                 f"{attempt['prompt_tokens']}/{attempt['completion_tokens']}"
+                + (" (estimated)" if attempt["estimated"] else "")
                 if attempt["completion_tokens"] is not None
                 else None
             ),
+            "cost_text": format_cost(attempt["cost"])
+            if priced and attempt["cost"] is not None
+            else None,
             "error": _first_line(attempt["error_message"], 80),
         }
         for attempt in attempts
@@ -328,6 +350,7 @@ def _print_attempts(attempts: list[dict]) -> None:
             ("outcome", "Outcome"),
             ("duration_seconds", "Seconds"),
             ("tokens", "Tokens in/out"),
+            ("cost_text", "Cost (USD)"),
             ("error", "Error"),
         ],
         title="Attempts",

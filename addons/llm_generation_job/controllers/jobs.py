@@ -5,8 +5,9 @@
     GET  /api/jobs                 filters (state, provider, model, user, thread, created and
                                    finished dates, free text over errors); newest first,
                                    paginated by cursor: pass ``next_cursor`` back as ``cursor``
-    GET  /api/jobs/{id}            inputs, messages, error, the attempt timeline, and where
-                                   the job is at its provider (its batch or response)
+    GET  /api/jobs/{id}            inputs, messages, error, the attempt timeline (each
+                                   attempt's tokens and cost), what it spent in all, and
+                                   where the job is at its provider (its batch or response)
     POST /api/jobs/{id}/cancel     (409 when it cannot be cancelled in its state)
     POST /api/jobs/{id}/retry
     POST /api/jobs/bulk/{action}   cancel or retry the jobs of ``ids``, or every job matching
@@ -58,6 +59,10 @@ class JobOut(BaseModel):
     can_cancel: bool
     can_retry: bool
     execution_mode: str = Field(description="stream, batch or background")
+    waiting_reason: str | None = Field(
+        None, description="Why a queued job is not started yet (a budget...), and"
+    )
+    eligible_at: dt.datetime | None = Field(None, description="when it is looked at again")
 
 
 class ProviderJobOut(BaseModel):
@@ -84,8 +89,25 @@ class AttemptOut(BaseModel):
     outcome: str
     error_message: str | None
     duration_seconds: float | None
-    prompt_tokens: int | None = Field(None, description="The completed attempt's usage")
+    prompt_tokens: int | None = Field(
+        None, description="The attempt's usage (from the usage ledger once it ended)"
+    )
     completion_tokens: int | None = None
+    cost: float | None = Field(None, description="USD; none before the attempt ended")
+    estimated: bool | None = Field(
+        None, description="Its tokens are estimated: the provider reported none"
+    )
+
+
+class JobUsage(BaseModel):
+    """What the job's attempts spent, from the usage ledger."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: float = Field(description="USD, by the model's prices when each attempt ended")
+    estimated: bool = Field(description="Some of the tokens are estimated")
+    priced: bool = Field(description="Every attempt's model had prices (else its cost is 0)")
 
 
 class JobDetail(JobOut):
@@ -94,6 +116,7 @@ class JobDetail(JobOut):
     output_message: MessageOut | None
     attempts: list[AttemptOut]
     provider_job: ProviderJobOut | None
+    usage: JobUsage | None = Field(description="None until an attempt has ended")
 
 
 class JobPage(BaseModel):
@@ -149,12 +172,20 @@ def job_out(job) -> JobOut:
         duration_seconds=job.duration if job.completed_at else None,
         can_cancel=job.can_cancel,
         can_retry=job.can_retry,
-        execution_mode=job.execution_mode,
+        execution_mode=job.execution_mode or "stream",
+        waiting_reason=job.waiting_reason or None,
+        eligible_at=job.eligible_at or None,
     )
 
 
-def _attempt_out(attempt, reply) -> AttemptOut:
+def _attempt_out(attempt, reply, spent) -> AttemptOut:
+    """An attempt, its tokens and cost from its ledger row ``spent`` (written when it ended);
+    without one, the tokens its reply reports if it completed."""
     completed = attempt.outcome == "completed" and reply
+    if spent:
+        tokens = (spent.prompt_tokens, spent.completion_tokens)
+    else:
+        tokens = (reply.prompt_tokens, reply.completion_tokens) if completed else (None, None)
     return AttemptOut(
         number=attempt.number,
         worker=attempt.worker or None,
@@ -164,20 +195,41 @@ def _attempt_out(attempt, reply) -> AttemptOut:
         outcome=attempt.outcome,
         error_message=attempt.error_message or None,
         duration_seconds=attempt.duration if attempt.ended_at else None,
-        prompt_tokens=reply.prompt_tokens if completed else None,
-        completion_tokens=reply.completion_tokens if completed else None,
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
+        cost=spent.cost if spent else None,
+        estimated=spent.estimated if spent else None,
+    )
+
+
+def _job_usage(rows) -> JobUsage | None:
+    if not rows:
+        return None
+    return JobUsage(
+        prompt_tokens=sum(rows.mapped("prompt_tokens")),
+        completion_tokens=sum(rows.mapped("completion_tokens")),
+        cached_tokens=sum(rows.mapped("cached_tokens")),
+        cost=sum(rows.mapped("cost")),
+        estimated=any(rows.mapped("estimated")),
+        priced=all(rows.mapped("priced")),
     )
 
 
 def job_detail(job) -> JobDetail:
     reply = job.output_message_id
+    # As the superuser: the job was found visible; its ledger rows are its owner's.
+    ledger = job.env["llm.generation.usage"].sudo().search([("job_id", "=", job.id)])
+    spent = {row.attempt_id.id: row for row in ledger if row.attempt_id}
     return JobDetail(
         **job_out(job).model_dump(),
         generation_inputs=job.generation_inputs or None,
         input_message=message_out(job.input_message_id) if job.input_message_id else None,
         output_message=message_out(reply) if reply else None,
-        attempts=[_attempt_out(attempt, reply) for attempt in job.attempt_ids],
+        attempts=[
+            _attempt_out(attempt, reply, spent.get(attempt.id)) for attempt in job.attempt_ids
+        ],
         provider_job=ProviderJobOut(**found) if (found := job._provider_job()) else None,
+        usage=_job_usage(ledger),
     )
 
 

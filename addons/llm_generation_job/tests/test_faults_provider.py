@@ -2,7 +2,8 @@
 into a queued generation that an ordinary user follows. A retryable fault is retried with
 backoff and the job completes with the whole reply, the follower seeing the retry and never
 an error; a permanent one (a refusal, or a stream that does not speak the protocol) fails the
-job at once with the provider's message. A partial reply is never presented as final.
+job at once with the provider's message; a 429 is the provider's back-pressure: the job waits
+in line for its Retry-After, with no retry used. A partial reply is never presented as final.
 
 "Before the first byte" is as near as HTTP gets: the provider answered 200 and its headers,
 then the connection closed before any of the reply."""
@@ -13,8 +14,8 @@ import pytest
 
 TOKENS = 12
 RETRYABLE = {
-    "429 with Retry-After": {"status": 429, "retry_after": 1},
     "500": {"status": 500},
+    "503 with Retry-After": {"status": 503, "retry_after": 1},
     "502": {"status": 502},
     "503": {"status": 503, "message": "overloaded"},
     "connection reset before the first byte of the reply": {"cut_after": 0},
@@ -94,6 +95,25 @@ def test_a_retryable_fault_is_retried_and_the_job_completes(registry, users, run
         assert job.output_message_id.body == reply["body"]
         assistant = job.thread_id.message_ids.filtered(lambda m: m.llm_role == "assistant")
         assert len(assistant) == 1
+
+
+def test_a_429_holds_the_job_back_in_line_without_using_a_retry(registry, users, runner, faulty):
+    simulator, thread_id = faulty
+    simulator.push_fault(status=429, retry_after=1)
+    updates = follow(registry, users, thread_id)
+    assert not [u for u in updates if u["type"] == "error" or u.get("state") == "retrying"]
+    assert updates[-1]["type"] == "done"
+    assert len(updates[-1]["message"]["body"].split()) == TOKENS
+    with registry.environment(readonly=True) as env:
+        job = env["llm.generation.job"].browse(updates[-1]["job_id"])
+        assert (job.state, job.retry_count) == ("completed", 0)
+        first, second = job.attempt_ids
+        assert (first.outcome, second.outcome) == ("interrupted", "completed")
+        assert "HTTP 429" in first.error_message and "Queued again" in first.error_message
+        assert (second.started_at - first.ended_at).total_seconds() >= 0.9  # its Retry-After
+        queue = env["llm.generation.queue"].search([("provider_id", "=", job.provider_id.id)])
+        held = (queue.throttled_until - first.ended_at).total_seconds()
+        assert 0.9 <= held <= 2  # every worker held back for the Retry-After
 
 
 @pytest.mark.parametrize("fault,text", PERMANENT.values(), ids=PERMANENT.keys())

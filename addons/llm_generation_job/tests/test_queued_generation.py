@@ -83,12 +83,12 @@ def test_the_follower_keeps_following_across_a_retry(registry, runner, sim_threa
         thread = env["llm.thread"].browse(sim_thread)
         queue = env["llm.generation.queue"]._get_or_create_queue(thread.provider_id.id)
         queue.retry_delay_minutes = 0
-    openai_server.push_fault(status=429, retry_after=1)
+    openai_server.push_fault(status=503, retry_after=1)
     with registry.environment() as env:
         thread = env["llm.thread"].browse(sim_thread)
         updates = list(thread.generate_response("retry me", use_queue=True))
     [retrying] = [u for u in updates if u.get("state") == "retrying"]
-    assert retrying["retry_at"] and "HTTP 429 Too Many Requests" in retrying["message"]
+    assert retrying["retry_at"] and "HTTP 503 Service Unavailable" in retrying["message"]
     assert "Retrying at" in retrying["message"] and "(attempt 2 of 4)" in retrying["message"]
     assert "(retryable" not in retrying["message"]  # a sentence for people, not a log line
     assert updates[-1]["type"] == "done"

@@ -101,7 +101,8 @@ def test_provider_failures_read_as_sentences(texts_registry, job_runner, openai_
     with texts_registry.environment() as env:
         provider, model = make_provider(env, api_base=openai_server.url)
         env["llm.generation.queue"]._get_or_create_queue(provider.id).write(
-            {"retry_delay_minutes": 0, "max_concurrent_jobs": 4}
+            # No cooldown: each prompt fails every time, and only the texts are looked at.
+            {"retry_delay_minutes": 0, "max_concurrent_jobs": 4, "breaker_threshold": 0}
         )
         ids = provider.id, model.id
     updates, texts = generate(texts_registry, *ids, prompt, "provider fault")

@@ -130,7 +130,7 @@ def test_failures_and_cancellation_with_workers(registry, start_workers, openai_
     thread_ids = setup_threads(registry, openai_server.url, 4, retry_delay=0)
     start_workers(2, lease=LEASE_SECONDS)
     retry, permanent, running, queued = thread_ids
-    openai_server.push_fault(status=429, retry_after=1)  # the next request only
+    openai_server.push_fault(status=503, retry_after=1)  # the next request only
     job_ids = queue_jobs(registry, [retry], prompt="again")
     with registry.environment(readonly=True) as env:  # the first attempt took the fault
         deadline = time.monotonic() + 20
