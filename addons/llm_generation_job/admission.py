@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW = dt.timedelta(minutes=1)  # rate limits are per minute
+# An attempt counts a little longer than a minute: its request reaches the provider a moment
+# after the claim stamped its start, and the provider's minute is counted from then.
+COUNTED = WINDOW + dt.timedelta(seconds=2)
+SOON = dt.timedelta(seconds=1)  # when a queue waiting for its tokens looks again
 FAIR_SHARE_WINDOW = dt.timedelta(hours=1)
 EXPECTED_COMPLETION = 500  # tokens a reply is expected to take, when nothing says better
 CHARS_PER_TOKEN = 4
@@ -55,19 +59,17 @@ def gate(env, queue, now: dt.datetime) -> Gate:
     """The queue's gate now: its cooldown, its provider's request, then its own limits."""
     found = Gate()
     if queue.throttled_until and queue.throttled_until > now:
-        found.close(
-            f"The provider asked to wait (rate limited) until {queue.throttled_until:%H:%M:%S} "
-            "UTC.",
-            queue.throttled_until,
-        )
+        found.close(throttled(queue.throttled_until), queue.throttled_until)
         return found
     if queue.breaker_state == "open":
         if queue.breaker_until and queue.breaker_until > now:
             found.close(
-                f"Cooled down since {queue.breaker_since:%H:%M:%S} UTC after "
-                f"{queue.consecutive_failures} failures in a row ({queue.breaker_reason}); "
-                f"one probe request at {queue.breaker_until:%H:%M:%S} UTC decides when it "
-                "reopens.",
+                cooled_down(
+                    queue.breaker_since,
+                    queue.consecutive_failures,
+                    queue.breaker_reason,
+                    queue.breaker_until,
+                ),
                 queue.breaker_until,
             )
             return found
@@ -87,20 +89,33 @@ def gate(env, queue, now: dt.datetime) -> Gate:
     return found
 
 
+def throttled(until: dt.datetime) -> str:
+    """Why a queue the provider asked to wait starts nothing."""
+    return f"The provider asked to wait (rate limited) until {until:%H:%M:%S} UTC."
+
+
+def cooled_down(since: dt.datetime, failures: int, reason: str, until: dt.datetime) -> str:
+    """Why an open breaker's queue starts nothing."""
+    return (
+        f"Cooled down since {since:%H:%M:%S} UTC after {failures} failures in a row "
+        f"({reason}); one probe request at {until:%H:%M:%S} UTC decides when it reopens."
+    )
+
+
 def _limit(env, found: Gate, scope: list, limits, now: dt.datetime, whose: str) -> None:
     """Narrow ``found`` by the requests and tokens a minute of ``limits`` (a queue or a
     model) over the attempts of ``scope``."""
     if not (limits.rpm_limit or limits.tpm_limit):
         return
     attempts = env["llm.generation.job.attempt"].search(
-        [*scope, ("started_at", ">", now - WINDOW), ("worker", "!=", BATCH_WORKER)],
+        [*scope, ("started_at", ">", now - COUNTED), ("worker", "!=", BATCH_WORKER)],
         order="started_at",
     )
     if limits.rpm_limit:
         left = limits.rpm_limit - len(attempts)
         found.slots = left if found.slots is None else min(found.slots, left)
         if left <= 0:
-            until = attempts[-limits.rpm_limit].started_at + WINDOW if attempts else now
+            until = attempts[-limits.rpm_limit].started_at + COUNTED if attempts else now
             found.close(
                 f"Rate limit of {whose}: {limits.rpm_limit} requests a minute; the next one at "
                 f"{until:%H:%M:%S} UTC.",
@@ -112,7 +127,7 @@ def _limit(env, found: Gate, scope: list, limits, now: dt.datetime, whose: str) 
         left = limits.tpm_limit - used
         found.tokens = left if found.tokens is None else min(found.tokens, left)
         if left <= 0:
-            until = attempts[0].started_at + WINDOW if attempts else now
+            until = attempts[0].started_at + COUNTED if attempts else now
             found.close(
                 f"Rate limit of {whose}: {limits.tpm_limit} tokens a minute; more at "
                 f"{until:%H:%M:%S} UTC.",
@@ -206,6 +221,7 @@ class Admitted:
     jobs: list = field(default_factory=list)
     reserved: dict[int, float] = field(default_factory=dict)
     tokens: dict[int, int] = field(default_factory=dict)  # estimated, under token limits
+    blocked: str | None = None  # why the next job in line waits for the queue's tokens
     waiting: list[tuple[Any, str, dt.datetime | None]] = field(default_factory=list)
 
 
@@ -232,6 +248,10 @@ def admit(env, queue, candidates, found: Gate, now: dt.datetime) -> Admitted:
         if tokens_left is not None or (model.id in models and models[model.id].tokens):
             tokens = sum(estimate_tokens(job))
             if tokens_left is not None and tokens > tokens_left:
+                admitted.blocked = (
+                    f"Rate limit of its provider: {queue.tpm_limit} tokens a minute; "
+                    f"{max(tokens_left, 0)} are left and the next job needs about {tokens}."
+                )
                 break
         if has_budgets:
             refusal = book.refusal(job)

@@ -364,6 +364,8 @@ class JobStore:
             domain.append(("id", "in", list(job_ids)))
         candidates = admission.candidates(self.env, queue, domain, free, CLAIM_ORDER)
         admitted = admission.admit(self.env, queue, candidates, gate, now)
+        if admitted.blocked and not admitted.jobs:
+            queue.write({"waiting_reason": admitted.blocked, "eligible_at": now + admission.SOON})
         for job, reason, until in admitted.waiting:
             job.write_where(
                 [("state", "=", "queued")],
@@ -677,11 +679,14 @@ class JobStore:
             tripped = queue.breaker_state == "closed" and failures >= queue.breaker_threshold
             if queue.breaker_threshold and (half_open or tripped):
                 cooldown = max(queue.breaker_cooldown_seconds or 30.0, retry_after or 0.0)
+                until, reason = now + dt.timedelta(seconds=cooldown), _sentence(error)[:500]
                 values.update(
                     breaker_state="open",
-                    breaker_reason=_sentence(error)[:500],
+                    breaker_reason=reason,
                     breaker_since=now,
-                    breaker_until=now + dt.timedelta(seconds=cooldown),
+                    breaker_until=until,
+                    waiting_reason=admission.cooled_down(now, failures, reason, until),
+                    eligible_at=until,  # no worker looks before
                 )
                 _logger.warning(
                     "Provider %s cooled down for %g s after %d failures in a row: %s",
@@ -701,6 +706,9 @@ class JobStore:
         until, values = _now() + dt.timedelta(seconds=max(seconds, 0.0)), {}
         if not queue.throttled_until or queue.throttled_until < until:
             values["throttled_until"] = until
+        if not queue.eligible_at or queue.eligible_at < until:
+            values["eligible_at"] = until  # no worker looks before
+            values["waiting_reason"] = admission.throttled(until)
         if halve and queue.adaptive_concurrency:
             lowest = max(queue.min_concurrency, 1)
             values.update(current_concurrency=max(lowest, queue._concurrency() // 2))
