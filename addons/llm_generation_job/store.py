@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from addons.llm_thread.wire.batch import ERRORED, EXPIRED, SUCCEEDED, BatchResult, BatchState
-from addons.llm_thread.wire.events import Usage
+from addons.llm_thread.wire.events import Finish, Usage
 from core import UserError
 from core.notify import notifier_for
 
@@ -211,6 +211,21 @@ class Spent:
 
 
 NOTHING = Spent()  # nothing generated, nothing billed
+
+
+def reply_values(text: str, usage: Usage | None, finish: Finish | None) -> dict[str, Any]:
+    """A finished reply's message values: its text, and the usage and finish the provider
+    reported."""
+    values: dict[str, Any] = {"body": text, "state": "done"}
+    if usage is not None:
+        values.update(
+            prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0
+        )
+    if finish is not None:
+        values.update(
+            finish_reason=finish.reason or False, provider_metadata=finish.metadata or False
+        )
+    return values
 
 
 def custom_id(job_id: int) -> str:
@@ -1180,19 +1195,7 @@ class JobStore:
         """The provider refused the batch: it failed, and each of its jobs fails with
         ``error`` (a retry scheduled when ``retryable``). False when the claim was taken
         over."""
-        batch = (
-            self.env[BATCH]
-            .browse(batch_id)
-            .write_where(
-                [("state", "=", "submitting"), ("submit_token", "=", token)],
-                {
-                    "state": "failed",
-                    "error_message": error,
-                    "ended_at": _now(),
-                    "submit_token": False,
-                },
-            )
-        )
+        batch = self._end_submission(batch_id, token, error)
         if not batch:
             return False
         for job in self._batch_jobs(batch):
@@ -1233,24 +1236,29 @@ class JobStore:
     def abandon_submission(self, batch_id: int, token: str, reason: str) -> bool:
         """A taken-over submission the provider does not have: the batch failed and its jobs
         are queued again, in their old places in line, not counted as retries."""
-        batch = (
+        batch = self._end_submission(batch_id, token, reason)
+        if not batch:
+            return False
+        for job in self._batch_jobs(batch):
+            self._leave_batch(job, self._in_batch(batch), reason)
+        return True
+
+    def _end_submission(self, batch_id: int, token: str, error: str):
+        """The submission failed, under the submitter's claim: the batch (empty when the
+        claim was taken over)."""
+        return (
             self.env[BATCH]
             .browse(batch_id)
             .write_where(
                 [("state", "=", "submitting"), ("submit_token", "=", token)],
                 {
                     "state": "failed",
-                    "error_message": reason,
+                    "error_message": error,
                     "ended_at": _now(),
                     "submit_token": False,
                 },
             )
         )
-        if not batch:
-            return False
-        for job in self._batch_jobs(batch):
-            self._leave_batch(job, self._in_batch(batch), reason)
-        return True
 
     def fail_overdue_batches(self) -> int:
         """Fail the batches still running ``BATCH_OVERDUE`` after their submission, and each
@@ -1346,17 +1354,7 @@ class JobStore:
         return len(jobs)
 
     def _complete_from_batch(self, job, condition: list, result: BatchResult) -> None:
-        values: dict[str, Any] = {"body": result.text, "state": "done"}
-        if result.usage is not None:
-            values.update(
-                prompt_tokens=result.usage.prompt_tokens or 0,
-                completion_tokens=result.usage.completion_tokens or 0,
-            )
-        if result.finish is not None:
-            values.update(
-                finish_reason=result.finish.reason or False,
-                provider_metadata=result.finish.metadata or False,
-            )
+        values = reply_values(result.text, result.usage, result.finish)
         reply = job.thread_id.message_post(llm_role="assistant", **values)
         spent = Spent.reported(result.usage) or self._estimate(job, result.text)
         self._close(job, condition, "completed", output_message_id=reply.id, spent=spent)

@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from core import DatabaseUnavailable
 from core.notify import notifier_for
 from core.registry import Registry
 
 from .signals import CANCEL
-from .store import LEASE_SECONDS, JobStore, Piece
+from .store import LEASE_SECONDS, JobStore, Piece, reply_values
 
 if TYPE_CHECKING:
     from .engine import Stream, StreamEngine
@@ -205,7 +205,8 @@ def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
     kind, *details = stream.outcome
     lease, text = stream.lease, stream.text
     if kind == "complete":
-        completed = store.complete(lease, _final_values(stream), tail, stream.usage)
+        values = reply_values(stream.text, stream.usage, stream.finish)
+        completed = store.complete(lease, values, tail, stream.usage)
         return "completed" if completed else "lost"
     if kind == "fail":
         message, retryable, *rest = details
@@ -223,18 +224,3 @@ def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
         return "lost"
     reason = details[0] if kind == "release" else SHUTDOWN_REASON
     return "interrupted" if store.release(lease, reason) else "lost"
-
-
-def _final_values(stream: Stream) -> dict[str, Any]:
-    values: dict[str, Any] = {"body": stream.text, "state": "done"}
-    if stream.usage is not None:
-        values.update(
-            prompt_tokens=stream.usage.prompt_tokens or 0,
-            completion_tokens=stream.usage.completion_tokens or 0,
-        )
-    if stream.finish is not None:
-        values.update(
-            finish_reason=stream.finish.reason or False,
-            provider_metadata=stream.finish.metadata or False,
-        )
-    return values
