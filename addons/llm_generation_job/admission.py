@@ -243,7 +243,14 @@ def admit(env, queue, candidates, found: Gate, now: dt.datetime) -> Admitted:
                 _limit(env, models[model.id], scope, model, now, f"model '{model.name}'")
             limit = models[model.id]
             if limit.slots == 0 or (limit.tokens is not None and limit.tokens <= 0):
-                continue  # the model's limit: its jobs wait (the queue's others go on)
+                # The model's limit: its jobs wait (the queue's others go on).
+                until = limit.until or now + COUNTED  # spent by this claim's own jobs
+                reason = limit.reason or (
+                    f"Rate limit of model '{model.name}': {model.rpm_limit} requests a minute; "
+                    f"the next one at {until:%H:%M:%S} UTC."
+                )
+                admitted.waiting.append((job, reason, until))
+                continue
         tokens = None
         if tokens_left is not None or (model.id in models and models[model.id].tokens):
             tokens = sum(estimate_tokens(job))

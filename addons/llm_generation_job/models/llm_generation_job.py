@@ -239,8 +239,8 @@ class GenerationJob(models.Model):
         vals["provider_id"] = provider_id
         if vals.get("model_id"):
             self._check_model(vals["model_id"], provider_id)
-        else:
-            vals["model_id"] = thread.model_id.id
+        else:  # the model it will run on: its prices and limits apply
+            vals["model_id"] = (thread.model_id or thread.provider_id._default_chat_model()).id
         message_id = vals.get("input_message_id")
         if message_id:
             message = self.env["llm.message"].browse(message_id)

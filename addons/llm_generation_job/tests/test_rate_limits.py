@@ -200,3 +200,24 @@ def test_a_429_storm_cools_the_provider_down_for_every_worker(registry, limited,
     with registry.environment(readonly=True) as env:
         jobs = env["llm.generation.job"].browse(job_ids)
         assert set(jobs.mapped("retry_count")) == {0}  # held back, not failed
+
+
+def test_a_models_own_limit_holds_its_jobs_and_says_so(registry, limited, runner):
+    server, (provider_id, queue_id), queue_jobs = limited({})
+    with registry.environment() as env:
+        env["llm.model"].search([("provider_id", "=", provider_id)]).write({"rpm_limit": 2})
+    job_ids = queue_jobs(4)
+    wait(lambda: states(registry, job_ids).count("completed") == 2, 20, "two went")
+    time.sleep(1.0)
+    assert len(server.request_times()) == 2
+    with registry.environment(readonly=True) as env:
+        waiting = (
+            env["llm.generation.job"].browse(job_ids).filtered(lambda job: job.state == "queued")
+        )
+        assert len(waiting) == 2
+        for job in waiting:
+            assert job.waiting_reason.startswith(
+                "Rate limit of model 'sim-model': 2 requests a minute; the next one at "
+            )
+            assert job.eligible_at
+    clear(registry, queue_id)

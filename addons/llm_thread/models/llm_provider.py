@@ -120,6 +120,15 @@ class LLMProvider(models.Model):
                 )
         return Model.browse([existing[e["name"]].id for e in found])
 
+    def _default_chat_model(self):
+        """The chat model used when none is named: the default one, else the first."""
+        self.ensure_one()
+        return self.env["llm.model"].search(
+            [("provider_id", "=", self.id), ("model_use", "=", "chat"), ("active", "=", True)],
+            order="default desc, id",
+            limit=1,
+        )
+
     def format_messages(self, messages: list[dict]) -> list[dict]:
         return self._dispatch("format_messages", messages)
 
@@ -128,15 +137,7 @@ class LLMProvider(models.Model):
             return model
         if model:
             return model.name
-        default = self.env["llm.model"].search(
-            [
-                ("provider_id", "=", self.id),
-                ("model_use", "=", "chat"),
-                ("active", "=", True),
-            ],
-            order="default desc, id",
-            limit=1,
-        )
+        default = self._default_chat_model()
         if not default:
             raise UserError(
                 f"Provider '{self.name}' has no chat model: add one, or run list_models()."
