@@ -18,6 +18,8 @@ Counters and histograms (what they count: models/llm_generation_metric.py):
 
 - ``llmjobs_attempts_total{queue,outcome}``, ``llmjobs_retries_total{queue}``,
   ``llmjobs_failures_total{queue,kind}``;
+- ``llmjobs_tokens_total{queue,kind}`` (prompt, completion, cached) and
+  ``llmjobs_cost_usd_total{queue}``: the usage ledger's sums (it keeps every attempt's row);
 - ``llmjobs_time_to_first_token_seconds{queue}``, ``llmjobs_queue_wait_seconds{queue}``,
   ``llmjobs_job_duration_seconds{queue}``.
 
@@ -103,6 +105,7 @@ class JobsCollector:
         yield from _queue_gauges(env, queues, counts)
         yield from _worker_gauges(env)
         yield from _counters(figures, names)
+        yield from _usage_counters(env, names)
         for family, (name, documentation) in HISTOGRAM_METRICS.items():
             yield _histogram(name, documentation, family, figures, names)
 
@@ -195,6 +198,32 @@ def _counters(figures: Figures, names: list[str]) -> Iterator[Metric]:
         for kind in ERROR_KINDS:
             failures.add_metric([name, kind], figures.get(("failures", name, kind), 0.0))
     yield from (attempts, retries, failures)
+
+
+def _usage_counters(env, names: list[str]) -> Iterator[Metric]:
+    tokens = CounterMetricFamily(
+        "llmjobs_tokens_total",
+        "Tokens of ended attempts (the usage ledger).",
+        labels=["queue", "kind"],
+    )
+    cost = CounterMetricFamily(
+        "llmjobs_cost_usd", "Cost in USD of ended attempts (the usage ledger).", labels=["queue"]
+    )
+    kinds = ("prompt_tokens", "completion_tokens", "cached_tokens")
+    sums = {
+        group["provider_id"]: group
+        for group in env["llm.generation.usage"].read_group(
+            [], ["provider_id"], [*(f"{kind}:sum" for kind in kinds), "cost:sum"]
+        )
+    }
+    providers = env["llm.provider"].browse(list(sums)).exists()
+    by_name = {provider.name: sums[provider.id] for provider in providers}
+    for name in sorted(set(names) | set(by_name)):
+        found = by_name.get(name, {})
+        for kind in kinds:
+            tokens.add_metric([name, kind.removesuffix("_tokens")], found.get(f"{kind}:sum") or 0)
+        cost.add_metric([name], found.get("cost:sum") or 0.0)
+    yield from (tokens, cost)
 
 
 def _histogram(

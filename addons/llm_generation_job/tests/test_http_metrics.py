@@ -220,3 +220,28 @@ def test_counters_never_go_back_when_old_jobs_are_deleted(registry, api, sim):
         assert count == old_count + 1 and total >= old_total
         assert all(new >= old for new, old in zip(buckets, old_buckets, strict=True))
         assert buckets == sorted(buckets) and buckets[-1] == count
+
+
+def test_token_and_cost_counters_are_the_ledgers_and_outlive_the_cleanup(registry, api, sim):
+    run_jobs(sim)
+    with registry.environment() as env:
+        env["llm.model"].search([]).write({"input_price": 2.0, "output_price": 8.0})
+    assert sim("priced") == "done"
+    samples = scrape(api)
+    with registry.environment(readonly=True) as env:
+        rows = env["llm.generation.usage"].search([])
+        completion, prompt = (
+            sum(rows.mapped("completion_tokens")),
+            sum(rows.mapped("prompt_tokens")),
+        )
+        cost = sum(rows.mapped("cost"))
+    assert completion > 0 and cost > 0
+    assert value(samples, "llmjobs_tokens_total", queue="sim", kind="completion") == completion
+    assert value(samples, "llmjobs_tokens_total", queue="sim", kind="prompt") == prompt
+    assert value(samples, "llmjobs_cost_usd_total", queue="sim") == pytest.approx(cost)
+    with registry.environment() as env:
+        env["llm.generation.job"].cleanup_old_jobs(days=-1)
+        assert not env["llm.generation.job"].search([])
+    after = scrape(api)
+    assert value(after, "llmjobs_tokens_total", queue="sim", kind="completion") == completion
+    assert value(after, "llmjobs_cost_usd_total", queue="sim") == pytest.approx(cost)
