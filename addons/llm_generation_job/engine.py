@@ -74,6 +74,7 @@ class Stream:
         # Seconds the provider said its requests limit stays spent (remaining-requests at 0):
         # for the writer to hold every worker back (then None again).
         self.throttle: float | None = None
+        self.remaining: int | None = None  # the provider's remaining requests, when it said
         self.usage: Usage | None = None
         self.finish: Finish | None = None
         self.outcome: tuple | None = None  # set once, when the stream is over
@@ -240,6 +241,7 @@ class StreamEngine:
                         if stream.add(event.text, event.cursor):
                             self.writer.wake()  # the first piece is saved at once
                     elif isinstance(event, RateLimit):
+                        stream.remaining = event.remaining_requests
                         if event.remaining_requests == 0 and event.reset_seconds:
                             stream.throttle = event.reset_seconds
                             self.writer.wake()

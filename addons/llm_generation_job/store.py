@@ -585,6 +585,7 @@ class JobStore:
         message_values: dict[str, Any],
         tail: Sequence[Piece] = (),
         usage: Usage | None = None,
+        remaining: int | None = None,
     ) -> bool:
         """The job completed: job, reply and attempt, or nothing (False: the lease was lost).
         A completion wins over a cancellation requested meanwhile: there is nothing left to
@@ -608,7 +609,7 @@ class JobStore:
         self._log(tail, now)
         spent = Spent.reported(usage) or self._estimate(job, message_values.get("body") or "")
         self._close_attempts(job, "completed", now, attempt_id=lease.attempt_id, spent=spent)
-        self._provider_answered(job, ok=True)
+        self._provider_answered(job, ok=True, remaining=remaining)
         self._signal(PROGRESS, [job.id])
         return True
 
@@ -665,11 +666,18 @@ class JobStore:
         return self.release(lease, f"{_sentence(error)} Queued again, in its place in line.")
 
     def _provider_answered(
-        self, job, *, ok: bool, error: str = "", retry_after: float | None = None
+        self,
+        job,
+        *,
+        ok: bool,
+        error: str = "",
+        retry_after: float | None = None,
+        remaining: int | None = None,
     ) -> None:
         """Keep the queue's circuit breaker and adaptive concurrency (admission.py) after an
         attempt that the provider answered (``ok``) or failed retryably: a success closes the
-        breaker and, on an adaptive queue, counts towards one more slot; a failure counts
+        breaker and, on an adaptive queue, counts towards one more slot unless the provider
+        said it has no more than that many requests left (``remaining``); a failure counts
         towards a cooldown, and a probe's failure cools the provider down again."""
         queue = self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
         now, values = _now(), {}
@@ -683,7 +691,8 @@ class JobStore:
             if queue.adaptive_concurrency:
                 current = queue._concurrency()
                 successes = queue.adaptive_successes + 1
-                if successes >= current and current < queue.max_concurrent_jobs:
+                room = remaining is None or remaining > current
+                if successes >= current and current < queue.max_concurrent_jobs and room:
                     values.update(current_concurrency=current + 1, adaptive_successes=0)
                 else:
                     values["adaptive_successes"] = successes

@@ -206,7 +206,7 @@ def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
     lease, text = stream.lease, stream.text
     if kind == "complete":
         values = reply_values(stream.text, stream.usage, stream.finish)
-        completed = store.complete(lease, values, tail, stream.usage)
+        completed = store.complete(lease, values, tail, stream.usage, stream.remaining)
         return "completed" if completed else "lost"
     if kind == "fail":
         message, retryable, *rest = details

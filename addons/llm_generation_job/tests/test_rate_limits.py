@@ -221,3 +221,17 @@ def test_a_models_own_limit_holds_its_jobs_and_says_so(registry, limited, runner
             )
             assert job.eligible_at
     clear(registry, queue_id)
+
+
+def test_an_adaptive_queue_grows_no_further_than_the_provider_has_requests_left(
+    registry, limited, runner
+):
+    server, (_, queue_id), queue_jobs = limited(
+        {"adaptive_concurrency": True, "min_concurrency": 1, "max_concurrent_jobs": 12},
+        rpm_limit=6,  # its remaining-requests headers count down from 5
+    )
+    job_ids = queue_jobs(6)
+    wait(lambda: set(states(registry, job_ids)) == {"completed"}, 30, "all done")
+    # 1 -> 2 -> 3 as they succeed; the next raise would need more than 3 requests left.
+    assert queue_values(registry, queue_id, "current_concurrency") == [3]
+    assert server.stats()["rate_limited"] == 0
