@@ -1,7 +1,7 @@
 """No API key in anything the fault suite produces, on SQLite and PostgreSQL.
 
 A condensed fault scenario with real ``llmjobs -vv worker`` processes (debug logging) and a
-provider whose distinctive key the simulator requires: a 429 with Retry-After, a 500 and a
+provider whose distinctive key the simulator requires: a 503 with Retry-After, a 500 and a
 stream cut midway (each retried), a worker SIGKILLed mid-stream (its job recovered by the
 other), a second provider with the wrong key (401), direct generations failing in this
 process, and the operator's commands (``jobs list``, ``jobs show``, ``diagnostics``,
@@ -67,7 +67,7 @@ def _setup(registry, users, server) -> dict:
             )
             ids[name] = provider.id
         threads = env["llm.thread"].with_user(users["alice"])
-        for name in ("slow", "429", "500", "cut", "wrong", "direct", "direct_wrong"):
+        for name in ("slow", "503", "500", "cut", "wrong", "direct", "direct_wrong"):
             provider = ids["wrong" if "wrong" in name else "good"]
             ids[f"thread_{name}"] = threads.create({"name": name, "provider_id": provider}).id
     return ids
@@ -203,12 +203,12 @@ def test_no_key_in_the_logs_errors_outputs_or_dump_of_a_fault_scenario(
     # Provider faults, each failing one attempt (which job meets which is the workers' race)
     # then retried; the wrong key, refused for good (the simulator refuses it before it takes
     # a fault).
-    server.push_fault(status=429, retry_after=1)
+    server.push_fault(status=503, retry_after=1)
     server.push_fault(status=500)
     server.push_fault(cut_after=3)
     job_ids = [slow] + [
         _queue(registry, users, ids[f"thread_{name}"], f"tell me ({name})")
-        for name in ("429", "500", "cut", "wrong")
+        for name in ("503", "500", "cut", "wrong")
     ]
     wait_finished(registry, job_ids, timeout=60)
 
