@@ -251,9 +251,17 @@ def admit(env, queue, candidates, found: Gate, now: dt.datetime) -> Admitted:
                 )
                 admitted.waiting.append((job, reason, until))
                 continue
+        limit = models.get(model.id)
         tokens = None
-        if tokens_left is not None or (model.id in models and models[model.id].tokens):
+        if tokens_left is not None or (limit and limit.tokens is not None):
             tokens = sum(estimate_tokens(job))
+            if limit and limit.tokens is not None and tokens > limit.tokens:
+                reason = (
+                    f"Rate limit of model '{model.name}': {model.tpm_limit} tokens a minute; "
+                    f"{limit.tokens} are left and this job needs about {tokens}."
+                )
+                admitted.waiting.append((job, reason, now + SOON))
+                continue
             if tokens_left is not None and tokens > tokens_left:
                 admitted.blocked = (
                     f"Rate limit of its provider: {queue.tpm_limit} tokens a minute; "
@@ -261,17 +269,17 @@ def admit(env, queue, candidates, found: Gate, now: dt.datetime) -> Admitted:
                 )
                 break
         if has_budgets:
-            refusal = book.refusal(job)
+            cost = estimate_cost(job)
+            refusal = book.refusal(job, cost)
             if refusal:
                 admitted.waiting.append((job, *refusal))
                 continue
-            admitted.reserved[job.id] = book.reserve(job)
+            admitted.reserved[job.id] = book.reserve(job, cost)
         if tokens is not None:
             admitted.tokens[job.id] = tokens
             if tokens_left is not None:
                 tokens_left -= tokens
-        if model.id in models:
-            limit = models[model.id]
+        if limit:
             limit.slots = None if limit.slots is None else limit.slots - 1
             if limit.tokens is not None and tokens is not None:
                 limit.tokens -= tokens
@@ -314,8 +322,7 @@ class BudgetBook:
                 )
         return None
 
-    def reserve(self, job) -> float:
-        cost = estimate_cost(job)
+    def reserve(self, job, cost: float) -> float:
         for budget in self.env["llm.budget"]._applying(job.user_id.id, job.provider_id.id):
             self.spent[budget.id] = self._spend(budget) + cost
         return cost

@@ -235,3 +235,24 @@ def test_an_adaptive_queue_grows_no_further_than_the_provider_has_requests_left(
     # 1 -> 2 -> 3 as they succeed; the next raise would need more than 3 requests left.
     assert queue_values(registry, queue_id, "current_concurrency") == [3]
     assert server.stats()["rate_limited"] == 0
+
+
+def test_a_models_tokens_a_minute_hold_its_jobs(registry, limited, runner):
+    server, (provider_id, queue_id), queue_jobs = limited({})
+    with registry.environment() as env:
+        env["llm.model"].search([("provider_id", "=", provider_id)]).write({"tpm_limit": 120})
+    # 50 tokens a job (about 60 expected at its start): two fit in 120, not three.
+    job_ids = queue_jobs(4, "[sim:tokens=20] " + "word " * 30, {"max_tokens": 20})
+    wait(lambda: states(registry, job_ids).count("completed") == 2, 20, "two went")
+    time.sleep(1.0)
+    assert len(server.request_times()) == 2
+    with registry.environment(readonly=True) as env:
+        waiting = (
+            env["llm.generation.job"].browse(job_ids).filtered(lambda job: job.state == "queued")
+        )
+        assert len(waiting) == 2
+        assert all(
+            job.waiting_reason.startswith("Rate limit of model 'sim-model': 120 tokens a minute")
+            for job in waiting
+        )
+    clear(registry, queue_id)
