@@ -34,8 +34,8 @@ COUNTED = WINDOW + dt.timedelta(seconds=2)
 SOON = dt.timedelta(seconds=1)  # when a queue waiting for its tokens looks again
 FAIR_SHARE_WINDOW = dt.timedelta(hours=1)
 EXPECTED_COMPLETION = 500  # tokens a reply is expected to take, when nothing says better
-CHARS_PER_TOKEN = 4
-BATCH_WORKER = "provider batch"
+CHARS_PER_TOKEN = 4  # how tokens are estimated when nothing better is known
+BATCH_WORKER = "provider batch"  # the worker of a batch job's attempt
 
 
 @dataclass
@@ -142,12 +142,22 @@ def _attempt_tokens(env, attempts) -> list[int]:
     return [known.get(a.id, a.estimated_tokens) for a in attempts]
 
 
+def tokens_in(text: str) -> int:
+    """About how many tokens ``text`` is: CHARS_PER_TOKEN characters a token, rounded up."""
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def prompt_tokens(messages: list[dict]) -> int:
+    """About how many tokens a conversation is."""
+    return tokens_in("".join(str(message.get("content") or "") for message in messages))
+
+
 def estimate_tokens(job) -> tuple[int, int]:
-    """A job's expected prompt and completion tokens: its conversation at about
-    CHARS_PER_TOKEN characters a token, and its ``max_tokens`` (else the model's average
-    reply in the ledger, else EXPECTED_COMPLETION)."""
+    """A job's expected prompt and completion tokens: its conversation (``prompt_tokens``),
+    and its ``max_tokens`` (else the model's average reply in the ledger, else
+    EXPECTED_COMPLETION)."""
     messages, _, options = job._generation_request()
-    prompt = -(-sum(len(str(m.get("content") or "")) for m in messages) // CHARS_PER_TOKEN)
+    prompt = prompt_tokens(messages)
     asked = options.get("max_tokens") or options.get("max_completion_tokens")
     if isinstance(asked, int) and asked > 0:
         return prompt, asked

@@ -78,8 +78,6 @@ JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.g
 CHUNK, WORKER, BATCH = "llm.generation.job.chunk", "llm.generation.worker", "llm.generation.batch"
 USAGE, BUDGET = "llm.generation.usage", "llm.budget"
 HOLD_BACKS = 5  # a job held back for the provider's rate limit this often fails
-CHARS_PER_TOKEN = 4  # the estimate of an attempt's tokens when its provider reported none
-BATCH_WORKER = "provider batch"  # the worker of a batch job's attempt
 BATCH_SUBMIT_SECONDS = 300.0  # a submission not recorded by then is taken over
 # A batch still running this long after its submission (the providers' window is 24 hours)
 # will not end: its polls fail, or the provider lost it. Its jobs fail, to be retried.
@@ -657,12 +655,12 @@ class JobStore:
         was lost."""
         job = self.jobs.browse(lease.job_id)
         self.throttle(job.provider_id.id, retry_after or 1.0, halve=True)
-        self._provider_answered(job, ok=False, error=error, retry_after=retry_after)
         held = self.env[ATTEMPT].search_count(
             [("job_id", "=", job.id), ("outcome", "=", "interrupted")]
         )
-        if held >= HOLD_BACKS:
+        if held >= HOLD_BACKS:  # fail() counts the refusal towards a cooldown
             return self.fail(lease, error, retryable=True, retry_after=retry_after)
+        self._provider_answered(job, ok=False, error=error, retry_after=retry_after)
         return self.release(lease, f"{_sentence(error)} Queued again, in its place in line.")
 
     def _provider_answered(
@@ -1158,7 +1156,7 @@ class JobStore:
                 {
                     "job_id": job.id,
                     "number": counts.get(job.id, 0) + 1,
-                    "worker": BATCH_WORKER,
+                    "worker": admission.BATCH_WORKER,
                     "started_at": now,
                 }
                 for job in claimed
@@ -1565,17 +1563,13 @@ class JobStore:
 
     def _estimate(self, job, text: str) -> Spent:
         """What an attempt that streamed ``text`` used, when its provider did not say: its
-        prompt (the job's conversation) and ``text``, at about CHARS_PER_TOKEN characters a
-        token. An attempt that streamed nothing was billed nothing."""
+        prompt (the job's conversation) and ``text``, estimated as admission estimates them.
+        An attempt that streamed nothing was billed nothing."""
         if not text:
             return NOTHING
         messages, _, _ = job._generation_request()
-        prompt = sum(len(str(message.get("content") or "")) for message in messages)
-        return Spent(
-            prompt=-(-prompt // CHARS_PER_TOKEN),
-            completion=-(-len(text) // CHARS_PER_TOKEN),
-            estimated=True,
-        )
+        prompt = admission.prompt_tokens(messages)
+        return Spent(prompt=prompt, completion=admission.tokens_in(text), estimated=True)
 
     def _refusal(self, job, action: str, allowed: Sequence[str]) -> UserError:
         job.invalidate_recordset(["state"])
