@@ -110,8 +110,10 @@ class Cursor:
     A ``readonly`` cursor is for long readers: on SQLite its transactions do not take the
     write lock (writes through it may then fail when another process wrote meanwhile).
 
-    Hooks registered with ``postcommit`` run once the transaction has committed (e.g. to wake
-    workers for newly queued jobs); they are dropped on rollback.
+    Hooks registered with ``precommit`` run in the transaction, just before it commits (e.g.
+    to send its notifications in one statement); those registered with ``postcommit`` run
+    once it has committed (e.g. to wake workers for newly queued jobs). Both are dropped on
+    rollback.
     """
 
     def __init__(self, registry: Registry, readonly: bool = False):
@@ -123,6 +125,9 @@ class Cursor:
         self.computing: dict[Field, set[int]] = {}
         self.user_groups: dict[int, frozenset[str]] = {}
         self.trigger_depth = 0
+        self._atomic = 0
+        self.transaction = 0  # changes when a transaction ends (commit, rollback)
+        self._precommit: list[Callable[[], None]] = []
         self._postcommit: list[Callable[[], None]] = []
 
     @property
@@ -159,6 +164,10 @@ class Cursor:
             raise_if_unavailable(error)
             raise
 
+    def precommit(self, hook: Callable[[], None]) -> None:
+        if hook not in self._precommit:
+            self._precommit.append(hook)
+
     def postcommit(self, hook: Callable[[], None]) -> None:
         if hook not in self._postcommit:
             self._postcommit.append(hook)
@@ -169,6 +178,13 @@ class Cursor:
         When the connection fails during the commit, ``DatabaseUnavailable`` is raised and
         whether the transaction committed is unknown: units of work that may be retried must
         therefore be conditional (``write_where``), so that doing one twice is harmless."""
+        hooks, self._precommit = self._precommit, []
+        for hook in hooks:
+            try:
+                hook()
+            except BaseException:
+                self.rollback()
+                raise
         if self._connection is not None:
             try:
                 self._connection.commit()
@@ -187,7 +203,7 @@ class Cursor:
     def rollback(self) -> None:
         self._discard()
         self._reset()
-        self._postcommit = []
+        self._precommit, self._postcommit = [], []
 
     def _discard(self) -> None:
         """Roll the transaction back and give the connection back; a connection that broke
@@ -207,6 +223,7 @@ class Cursor:
             connection.close()  # back to the pool
 
     def _reset(self) -> None:
+        self.transaction += 1
         self.cache.clear()
         self.user_groups.clear()
 
@@ -231,6 +248,25 @@ class Cursor:
         except Exception as error:
             raise_if_unavailable(error)
             raise
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """A unit that succeeds or fails whole: one savepoint for the block, none for the ORM
+        calls inside it. Outside such a block every ``create``, ``write`` and ``unlink`` takes
+        a savepoint of its own (two statements), so that a caller may catch its error and go
+        on; inside, an error leaves its call half-done until it leaves the block, which undoes
+        everything the block did. Do not catch ORM errors inside the block (a ``savepoint()``
+        inside it still undoes its own part alone)."""
+        with self.savepoint():
+            self._atomic += 1
+            try:
+                yield
+            finally:
+                self._atomic -= 1
+
+    def call_savepoint(self) -> contextlib.AbstractContextManager[None]:
+        """The savepoint of one ORM call: none inside an ``atomic`` block (it has one)."""
+        return contextlib.nullcontext() if self._atomic else self.savepoint()
 
     def close(self) -> None:
         self._discard()

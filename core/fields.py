@@ -59,6 +59,7 @@ class Field:
         "related",
         "search",
         "copy",
+        "precompute",
     )
     extra_args: tuple[str, ...] = ()
 
@@ -91,6 +92,15 @@ class Field:
         self.store: bool = args.get("store", not (self.compute or self.related))
         self.readonly: bool = args.get("readonly", bool(self.compute or self.related))
         self.copy: bool = args.get("copy", not (self.compute or self.related))
+        # Computed before its record is written (Odoo's precompute): its value goes in the
+        # INSERT that creates the record and in the UPDATE that changes what it depends on,
+        # not in an UPDATE after them. Its compute must read only the record's own values
+        # (and records they point to): at creation, the record has no id yet.
+        self.precompute: bool = args.get("precompute", False)
+        if self.precompute and not (self.store and self.computed):
+            raise RegistryError(
+                f"Field '{model_name}.{name}' is precomputed but not a stored computed field."
+            )
         self.depends: tuple[str, ...] = ()
 
     @property

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import re
 import reprlib
 from collections import defaultdict
@@ -54,6 +55,9 @@ CHUNK_SIZE = 10_000
 _ORDER_TERM = re.compile(r"^\s*(\w+)(?:\s+(asc|desc))?(?:\s+nulls\s+(first|last))?\s*$", re.I)
 _GRANULARITIES = ("hour", "day", "week", "month", "year")
 _AGGREGATES = ("count", "count_distinct", "sum", "avg", "min", "max")
+# Ids of records being created, while their precomputed fields are computed: negative, so
+# that they can be no stored record's.
+_PROVISIONAL_IDS = itertools.count(1)
 
 
 def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
@@ -675,7 +679,7 @@ class BaseModel:
             return self.browse()
         if not self.env.su:
             security.check_model_access(self.env, self._name, "create")
-        with self.env.cr.savepoint():
+        with self.env.cr.call_savepoint():
             records = self._create(vals_list)
             if not self.env.su:
                 records._check_record_rules("create")
@@ -733,6 +737,12 @@ class BaseModel:
                     if self._fields[name].type in ("one2many", "many2many")
                 }
             )
+        stored_computed = [
+            f for f in self._fields.values() if f.computed and f.store and f.name not in given
+        ]
+        precomputed = [f for f in stored_computed if f.precompute]
+        if precomputed:
+            self._precompute_rows(precomputed, column_fields, audit, rows, cache_rows)
         # Columns empty in every row are left to the database's NULL: less to send.
         empty = [f.name for f in column_fields if all(row[f.name] is None for row in rows)]
         for row in rows:
@@ -748,13 +758,100 @@ class BaseModel:
         for record, relations in zip(records, x2many, strict=True):
             for field, commands in relations.items():
                 record._write_x2many(field, commands)
-        stored_computed = [
-            f for f in self._fields.values() if f.computed and f.store and f.name not in given
-        ]
-        records.sudo()._recompute(stored_computed)
+        records.sudo()._recompute([f for f in stored_computed if not f.precompute])
         self.pool.triggers.after_change(records, set(self._fields), created=True)
         records._validate_constraints(set(self._fields))
         return records
+
+    def _precompute_rows(
+        self,
+        fields: list[Field],
+        column_fields: list[Field],
+        audit: dict[Field, Any],
+        rows: list[dict[str, Any]],
+        cache_rows: list[list[Any]],
+    ) -> None:
+        """Compute the precomputed ``fields`` of rows about to be inserted, into ``rows`` and
+        ``cache_rows``: on provisional records (negative ids) whose values are cached."""
+        cache = self.env.cache
+        ids = tuple(-next(_PROVISIONAL_IDS) for _ in rows)
+        for index, field in enumerate(column_fields):
+            cache.update(field, {id_: row[index] for id_, row in zip(ids, cache_rows, strict=True)})
+        for field, value in audit.items():
+            cache.update(field, dict.fromkeys(ids, value))
+        try:
+            self.sudo()._browse(ids)._compute_fields(fields)
+            positions = {field: column_fields.index(field) for field in fields}
+            for id_, row, cache_row in zip(ids, rows, cache_rows, strict=True):
+                for field, position in positions.items():
+                    cache_row[position] = value = cache.get(field, id_)
+                    row[field.name] = field.convert_to_column(value)
+        finally:
+            cache.invalidate(None, ids)
+
+    def _precomputed(
+        self, columns: dict[Field, Any], names: set[str], condition: Any = None
+    ) -> tuple[list[Field], list[tuple[tuple[int, ...], dict[Field, Any]]]]:
+        """For a write of ``columns`` (cache values) on these records (those that match
+        ``condition``, when given): the precomputed fields that depend on ``names``, and the
+        records grouped by their values of them (one UPDATE each). The values they read and
+        this transaction has not are read first, their rows locked; a record that does not
+        match ``condition`` then is left out of the groups. The new values are put in the
+        cache. No groups: nothing to precompute."""
+        triggers, cache = self.pool.triggers, self.env.cache
+        candidates = {
+            dependent
+            for name in names
+            for dependent, prefix in triggers.dependents.get((self._name, name), ())
+            if not prefix and dependent.precompute and dependent.name not in names
+        }
+        fields, reads = [], set()
+        for field in candidates:
+            owns = {self._fields[path.split(".")[0]] for path in field.depends} - set(columns)
+            # Not a relation written after the UPDATE, nor another field computed here.
+            if not any(own.name in names or own in candidates for own in owns):
+                fields.append(field)
+                reads.update(own for own in owns if own.column)
+        if not fields:
+            return [], []
+        records = self
+        missing = [field for field in reads if cache.missing_ids(field, self._ids)]
+        if missing:
+            records = self._browse(self._fetch_locked(condition))
+            if not records:
+                return fields, []
+        for field, value in columns.items():
+            cache.update(field, dict.fromkeys(records._ids, value))
+        records.sudo()._compute_fields(fields)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for id_ in records._ids:
+            values = (cache.get(field, id_) for field in fields)
+            groups[tuple(v if not isinstance(v, dict | list) else repr(v) for v in values)].append(
+                id_
+            )
+        return fields, [
+            (tuple(ids), {field: cache.get(field, ids[0]) for field in fields})
+            for ids in groups.values()
+        ]
+
+    def _fetch_locked(self, condition: Any = None) -> tuple[int, ...]:
+        """Read these records (those matching ``condition``) into the cache, their rows
+        locked until the transaction ends, so that what is computed from them stays right;
+        returns the ids of the records read."""
+        table, cache = self._table_obj, self.env.cache
+        columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
+        found: set[int] = set()
+        for chunk in _chunks(self._ids):
+            query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
+            query = query.where(table.c.id.in_(chunk))
+            if condition is not None:
+                query = query.where(condition)
+            rows = self.env.cr.execute(query.with_for_update()).all()
+            for index, field in enumerate(columns, start=1):
+                convert = field.convert_from_column
+                cache.update(field, {row[0]: convert(row[index]) for row in rows})
+            found.update(row[0] for row in rows)
+        return tuple(id_ for id_ in self._ids if id_ in found)
 
     def _insert_rows(self, rows: list[dict[str, Any]]) -> tuple[int, ...]:
         """INSERT the rows in batches; returns their new ids in the order of ``rows``."""
@@ -815,7 +912,7 @@ class BaseModel:
         if not self._ids:
             return True
         self.check_access("write")
-        with self.env.cr.savepoint():
+        with self.env.cr.call_savepoint():
             self._write(vals)
         return True
 
@@ -830,14 +927,17 @@ class BaseModel:
                 columns[field] = self._column_value(field, value)
         names = set(vals)
         before = self.pool.triggers.before_change(self, names)
+        precomputed: list[Field] = []
         if columns:
             columns[self._fields["write_date"]] = dt.datetime.now(dt.UTC)
             columns[self._fields["write_uid"]] = self.env.uid
-            self._write_columns(columns)
+            precomputed, groups = self._precomputed(columns, names)
+            for ids, values in groups if precomputed else [(self._ids, {})]:
+                self._browse(ids)._write_columns({**columns, **values})
         for field, commands in relations.items():
             for record in self:
                 record._write_x2many(field, commands)
-        self.pool.triggers.after_change(self, names, before=before)
+        self.pool.triggers.after_change(self, names, before=before, precomputed=precomputed)
         self._validate_constraints(names)
 
     def _column_value(self, field: Field, value: Any) -> Any:
@@ -891,24 +991,26 @@ class BaseModel:
         before = self.pool.triggers.before_change(self, names)
         columns[self._fields["write_date"]] = dt.datetime.now(dt.UTC)
         columns[self._fields["write_uid"]] = self.env.uid
-        params = {f.name: f.convert_to_column(v) for f, v in columns.items()}
         table, condition = self._table_obj, compile_domain(self, domain)
+        precomputed, groups = self._precomputed(columns, names, condition)
         changed: set[int] = set()
-        for chunk in _chunks(self._ids):
-            statement = (
-                sa.update(table)
-                .where(table.c.id.in_(chunk), condition)
-                .values(params)
-                .returning(table.c.id)
-            )
-            changed.update(self._execute_write(statement).scalars())
+        for ids, values in groups if precomputed else [(self._ids, {})]:
+            params = {f.name: f.convert_to_column(v) for f, v in {**columns, **values}.items()}
+            for chunk in _chunks(ids):
+                statement = (
+                    sa.update(table)
+                    .where(table.c.id.in_(chunk), condition)
+                    .values(params)
+                    .returning(table.c.id)
+                )
+                changed.update(self._execute_write(statement).scalars())
         self._browse(tuple(i for i in self._ids if i not in changed)).invalidate_recordset()
         records = self._browse(tuple(i for i in self._ids if i in changed))
         if records:
             cache = self.env.cache
             for field, value in columns.items():
                 cache.update(field, dict.fromkeys(records._ids, value))
-            self.pool.triggers.after_change(records, names, before=before)
+            self.pool.triggers.after_change(records, names, before=before, precomputed=precomputed)
             records._validate_constraints(names)
         return records
 
@@ -1039,7 +1141,7 @@ class BaseModel:
         if not self._ids:
             return True
         self.check_access("unlink")
-        with self.env.cr.savepoint():
+        with self.env.cr.call_savepoint():
             before = self.pool.triggers.before_change(self, set(self._fields), deleting=True)
             table = self._table_obj
             for chunk in _chunks(self._ids):
@@ -1057,12 +1159,7 @@ class BaseModel:
         records = self  # just created or written, or found by the triggers: they exist
         if not records or not fields:
             return
-        computed: set[Any] = set()
-        for field in fields:
-            method = field.related or field.compute
-            if field.related or method not in computed:
-                records._compute_field(field)
-                computed.add(method)
+        records._compute_fields(fields)
         cache = self.env.cache
         by_values: dict[tuple, list[int]] = defaultdict(list)
         for id_ in records._ids:
@@ -1073,6 +1170,15 @@ class BaseModel:
             group = records._browse(tuple(ids))
             group._write_columns({field: cache.get(field, ids[0]) for field in fields})
         self.pool.triggers.after_change(records, {field.name for field in fields})
+
+    def _compute_fields(self, fields: Iterable[Field]) -> None:
+        """Run the compute methods of ``fields`` on these records, each method once."""
+        computed: set[Any] = set()
+        for field in fields:
+            method = field.related or field.compute
+            if field.related or method not in computed:
+                self._compute_field(field)
+                computed.add(method)
 
     def _validate_constraints(self, names: set[str]) -> None:
         for method_name, fields in self._constraint_methods:

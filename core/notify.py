@@ -4,7 +4,8 @@ Senders call ``Notifier.send(cr, channel, payload)`` inside their transaction; r
 ``listen(channel, ...)`` once, then ``wait(channel, payload, since, timeout)``. Delivery happens
 when (and only if) the transaction commits:
 
-- on PostgreSQL through ``pg_notify`` (NOTIFY is transactional), received by one LISTEN
+- on PostgreSQL through ``pg_notify`` (NOTIFY is transactional), one statement per channel
+  for all of a transaction's payloads, sent just before it commits; received by one LISTEN
   connection per process whose thread wakes the local waiters — any machine sharing the
   database hears it;
 - in every process, through a post-commit hook that wakes local waiters directly.
@@ -22,10 +23,12 @@ costs the poll interval.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import re
 import threading
+import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -63,24 +66,40 @@ class Notifier:
         self._watcher: threading.Thread | None = None
         self._channels: set[str] = set()
         self._stop = threading.Event()
+        # The payloads of each open transaction, sent when it commits (see send_many).
+        self._pending: weakref.WeakKeyDictionary[Cursor, tuple[int, dict[str, dict[str, None]]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- sending -----------------------------------------------------------------------------
     def send(self, cr: Cursor, channel: str, payload: str | int = "") -> None:
         """Deliver ``(channel, payload)`` when ``cr``'s transaction commits."""
-        payload = str(payload)
-        if cr.dialect == "postgresql":
-            cr.execute(sa.select(sa.func.pg_notify(channel, payload)))
-        cr.postcommit(lambda: self.signal(channel, payload))
+        self.send_many(cr, channel, [payload])
 
     def send_many(self, cr: Cursor, channel: str, payloads: list[str | int]) -> None:
-        """``send`` for many payloads in one NOTIFY (payloads joined by commas, so a payload
-        has none); receivers are woken for each."""
-        texts = [str(p) for p in payloads]
-        for start in range(0, len(texts), _PAYLOADS_PER_NOTIFY):
-            batch = texts[start : start + _PAYLOADS_PER_NOTIFY]
-            if cr.dialect == "postgresql":
-                cr.execute(sa.select(sa.func.pg_notify(channel, ",".join(batch))))
-            cr.postcommit(lambda batch=batch: self._signal_each(channel, batch))
+        """``send`` for many payloads. A transaction's payloads go out together, one NOTIFY
+        per channel (payloads joined by commas, so a payload has none) just before it
+        commits; receivers are woken for each."""
+        transaction, pending = self._pending.get(cr, (None, None))
+        if pending is None or transaction != cr.transaction:  # (a rolled back one's)
+            pending = defaultdict(dict)
+            self._pending[cr] = (cr.transaction, pending)
+            cr.precommit(functools.partial(self._notify, cr, pending))
+            cr.postcommit(functools.partial(self._delivered, pending))
+        pending[channel].update(dict.fromkeys(str(p) for p in payloads))
+
+    def _notify(self, cr: Cursor, pending: dict[str, dict[str, None]]) -> None:
+        if cr.dialect != "postgresql":
+            return
+        for channel, payloads in pending.items():
+            texts = list(payloads)
+            for start in range(0, len(texts), _PAYLOADS_PER_NOTIFY):
+                batch = ",".join(texts[start : start + _PAYLOADS_PER_NOTIFY])
+                cr.execute(sa.select(sa.func.pg_notify(channel, batch)))
+
+    def _delivered(self, pending: dict[str, dict[str, None]]) -> None:
+        for channel, payloads in pending.items():
+            self._signal_each(channel, list(payloads))
 
     def _signal_each(self, channel: str, payloads: list[str]) -> None:
         """Number the signal of each payload. A long-lived process signals every job it ever

@@ -16,6 +16,7 @@ cache and recomputed on the next read.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from .exceptions import RegistryError
@@ -72,14 +73,16 @@ class Triggers:
                     )
                 current = comodel
 
-    def _affected(self, records: BaseModel, names: set[str], skip_own: bool) -> Affected:
+    def _affected(
+        self, records: BaseModel, names: set[str], skip_own: bool, done: Iterable[Field] = ()
+    ) -> Affected:
         affected: Affected = defaultdict(set)
         for name in names:
             for dependent, prefix in self.dependents.get((records._name, name), ()):
                 if not dependent.store:
                     records.env.cache.invalidate([dependent])
                 elif not prefix:
-                    if not skip_own:
+                    if not skip_own and dependent not in done:
                         affected[dependent].update(records._ids)
                 elif records._ids:
                     target = records.env(su=True)[dependent.model_name]
@@ -104,14 +107,17 @@ class Triggers:
         names: set[str],
         created: bool = False,
         before: Affected | None = None,
+        precomputed: Sequence[Field] = (),
     ) -> None:
-        """Invalidate or recompute what depends on ``names`` of ``records``."""
+        """Invalidate or recompute what depends on ``names`` of ``records`` (and on the
+        ``precomputed`` fields they got in the same statement, which are not recomputed)."""
+        names = names | {field.name for field in precomputed}
         cache = records.env.cache
         for name in names:
             for one2many in self.inverse_one2many.get((records._name, name), ()):
                 cache.invalidate([one2many])
         cache.invalidate(self.undeclared.get(records._name, ()))
-        affected = self._affected(records, names, skip_own=created)
+        affected = self._affected(records, names, skip_own=created, done=precomputed)
         for dependent, ids in (before or {}).items():
             affected.setdefault(dependent, set()).update(ids)
         if not affected:

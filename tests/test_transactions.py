@@ -1,6 +1,7 @@
 """Units of work: commit on success, roll back everything on error."""
 
 import pytest
+import sqlalchemy as sa
 
 from core import Registry, RegistryError, ValidationError
 
@@ -30,6 +31,35 @@ def test_a_failed_operation_inside_a_unit_leaves_earlier_work(registry):
         assert (partner.name, partner.age) == ("A", 1)
     with registry.environment() as env:
         assert env["test.partner"].search([]).mapped("name") == ["A"]
+
+
+def test_an_atomic_block_takes_one_savepoint_and_fails_whole(registry):
+    """Inside ``cr.atomic()`` the ORM's calls take no savepoint of their own; an error undoes
+    the whole block, and only the block: what the transaction did before it stays."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement.split()[0].upper())
+
+    sa.event.listen(registry.engine, "before_cursor_execute", record)
+    try:
+        with registry.environment() as env:
+            env["test.tag"].create({"name": "before"})
+            seen.clear()
+            with env.cr.atomic():
+                partner = env["test.partner"].create({"name": "A", "age": 1})
+                partner.write({"age": 2})
+                env["test.tag"].create({"name": "inside"})
+            assert seen.count("SAVEPOINT") == 1
+            with pytest.raises(ValidationError), env.cr.atomic():
+                env["test.tag"].create({"name": "undone"})
+                partner.write({"age": -5})
+            assert partner.age == 2
+    finally:
+        sa.event.remove(registry.engine, "before_cursor_execute", record)
+    with registry.environment() as env:
+        assert env["test.tag"].search([]).mapped("name") == ["before", "inside"]
+        assert env["test.partner"].search([]).mapped("age") == [2]
 
 
 def test_commit_makes_other_transactions_visible(registry):

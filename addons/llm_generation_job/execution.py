@@ -38,7 +38,7 @@ from addons.llm_thread.wire.errors import ProviderError
 from core import DatabaseUnavailable, UserError
 from core.registry import Registry
 
-from .store import QUEUE, JobStore, Lease
+from .store import JobStore, Lease
 
 if TYPE_CHECKING:
     from .engine import StreamEngine
@@ -78,7 +78,7 @@ def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
     provider = job.provider_id
     messages, model, options = job._generation_request()
     wired = provider._wire_stream(messages, model, **options)
-    deadline = store.env[QUEUE]._get_or_create_queue(provider.id).attempt_deadline_seconds
+    deadline = store.queue(provider.id).attempt_deadline_seconds
     started = store.start_reply(lease)
     if started is None:
         return None

@@ -250,8 +250,9 @@ class JobRunner:
         start them; returns how many were claimed."""
         with self.registry.environment() as env:
             store = JobStore(env)
-            leases = store.claim(provider_id, self.worker, limit=free)
-            prepared = [self._prepare(env, store, lease) for lease in leases] if streams else []
+            with env.cr.atomic():
+                leases = store.claim(provider_id, self.worker, limit=free)
+            prepared = self._prepare_all(env, store, leases) if streams else []
         if not streams:
             for lease in leases:
                 self.submit(lease)
@@ -260,11 +261,22 @@ class JobRunner:
                 self.engine.submit(attempt)
         return len(leases)
 
+    @classmethod
+    def _prepare_all(cls, env, store: JobStore, leases: list[Lease]) -> list:
+        """``prepare`` the attempts together; when one cannot be prepared, each alone."""
+        try:
+            with env.cr.atomic():
+                return [prepare(store, lease) for lease in leases]
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # one of them fails: each alone, so that it fails alone
+            return [cls._prepare(env, store, lease) for lease in leases]
+
     @staticmethod
     def _prepare(env, store: JobStore, lease: Lease):
-        """``prepare`` in a savepoint: an attempt that cannot be prepared fails alone."""
+        """``prepare``, all or nothing: an attempt that cannot be prepared fails alone."""
         try:
-            with env.cr.savepoint():
+            with env.cr.atomic():
                 return prepare(store, lease)
         except DatabaseUnavailable:
             raise

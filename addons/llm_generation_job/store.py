@@ -266,6 +266,16 @@ class JobStore:
         self.env = env(su=True)
         self.jobs = self.env[JOB]
         self.notifier = notifier_for(env.registry)
+        self._queues: dict[int, Any] = {}  # provider id -> its queue, looked up once
+        self._claimed: set[Lease] = set()  # by this store, in its transaction
+
+    def queue(self, provider_id: int):
+        """The provider's queue (created on first use)."""
+        queue = self._queues.get(provider_id)
+        if queue is None:
+            queue = self.env[QUEUE]._get_or_create_queue(provider_id)
+            self._queues[provider_id] = queue
+        return queue
 
     # -- fences --------------------------------------------------------------------------------
     @staticmethod
@@ -296,14 +306,13 @@ class JobStore:
         return ["|"] * (len(terms) - 1) + [token for term in terms for token in term]
 
     def _signal(self, channel: str, payloads: Iterable[int]) -> None:
-        for payload in payloads:
-            self.notifier.send(self.env.cr, channel, payload)
+        self.notifier.send_many(self.env.cr, channel, list(payloads))
 
     # -- queueing ------------------------------------------------------------------------------
     def enqueue(self, job) -> None:
         """draft -> queued: a worker picks it up at once."""
         job = self.jobs.browse(job.id)
-        self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
+        self.queue(job.provider_id.id)
         self._check_budgets(job)
         queued = job.write_where(
             [("state", "=", "draft")],
@@ -343,8 +352,7 @@ class JobStore:
     ) -> list[Lease]:
         """Start as many queued jobs of the provider as its queue allows (at most ``limit``;
         among ``job_ids`` when given): each gets a lease and a new attempt row."""
-        queue = self.env[QUEUE].search([("provider_id", "=", provider_id)], limit=1)
-        queue = queue.lock_for_update()
+        queue = self.queue(provider_id).lock_for_update()
         if not queue or not queue.enabled:
             return []
         running = self.jobs.search_count(
@@ -426,9 +434,11 @@ class JobStore:
         )
         queue.write({"last_processed_at": now})
         self._signal(PROGRESS, claimed.ids)
-        return [
+        leases = [
             Lease(job.id, token, attempt.id) for job, attempt in zip(claimed, attempts, strict=True)
         ]
+        self._claimed.update(leases)
+        return leases
 
     # -- attempts ------------------------------------------------------------------------------
     def renew(self, leases: Sequence[Lease]) -> list[Lease]:
@@ -456,8 +466,9 @@ class JobStore:
         """The attempt's start: its reply message, created on the first attempt and reset
         (empty, "streaming") by later ones, whose start a ``restart`` row in the stream log
         records when an earlier attempt logged anything; None when the lease was lost
-        (nothing is written then)."""
-        job = self._hold(lease)
+        (nothing is written then). A lease claimed in this transaction holds: its job's row
+        is locked since."""
+        job = self.jobs.browse(lease.job_id) if lease in self._claimed else self._hold(lease)
         if not job:
             return None
         reply = job.output_message_id
@@ -547,9 +558,7 @@ class JobStore:
         firsts = [p.lease.attempt_id for p in pieces if p.first]
         if firsts:
             self.env[ATTEMPT].browse(firsts).write({"first_token_at": now or _now()})
-        self.notifier.send_many(
-            self.env.cr, PROGRESS, list(dict.fromkeys(p.lease.job_id for p in pieces))
-        )
+        self._signal(PROGRESS, [p.lease.job_id for p in pieces])
 
     def forget_logs(self, finished_before: dt.datetime, limit: int) -> int:
         """Delete the stream logs of up to ``limit`` jobs that finished before
@@ -677,7 +686,7 @@ class JobStore:
         breaker and, on an adaptive queue, counts towards one more slot unless the provider
         said it has no more than that many requests left (``remaining``); a failure counts
         towards a cooldown, and a probe's failure cools the provider down again."""
-        queue = self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
+        queue = self.queue(job.provider_id.id)
         now, values = _now(), {}
         if ok:
             if queue.consecutive_failures:
@@ -724,7 +733,7 @@ class JobStore:
         """The provider asked to wait ``seconds`` (a 429's Retry-After, or no requests left
         until its limit resets): no worker starts its jobs until then; an adaptive queue
         halves its concurrency when ``halve``."""
-        queue = self.env[QUEUE]._get_or_create_queue(provider_id)
+        queue = self.queue(provider_id)
         until, values = _now() + dt.timedelta(seconds=max(seconds, 0.0)), {}
         if not queue.throttled_until or queue.throttled_until < until:
             values["throttled_until"] = until
@@ -926,10 +935,9 @@ class JobStore:
             [*RETRY_PENDING, ("next_retry_at", "<=", now)], order="next_retry_at"
         )
         retried = 0
-        queues = self.env[QUEUE]
         for job in due.lock_for_update(skip_locked=True):
             condition = [*RETRY_PENDING, ("retry_count", "=", job.retry_count)]
-            if not queues._get_or_create_queue(job.provider_id.id).auto_retry_failed:
+            if not self.queue(job.provider_id.id).auto_retry_failed:
                 job.write_where(condition, {"next_retry_at": False})
             elif job.retry_count < job.max_retries and self._requeue_failed(job, condition):
                 retried += 1
@@ -1337,7 +1345,7 @@ class JobStore:
         condition = self._in_batch(batch)
         jobs = self._batch_jobs(batch).lock_for_update(domain=condition)
         by_id = {result.custom_id: result for result in results}
-        queue = self.env[QUEUE]._get_or_create_queue(batch.provider_id.id)
+        queue = self.queue(batch.provider_id.id)
         for job in jobs:
             result = by_id.get(custom_id(job.id))
             if state.status == "failed":
@@ -1414,7 +1422,7 @@ class JobStore:
         attempt_id: int | None = None,
     ) -> None:
         """Fail the attempt; the job's error says what happened and what happens next."""
-        queue = self.env[QUEUE]._get_or_create_queue(job.provider_id.id)
+        queue = self.queue(job.provider_id.id)
         retry_at, attempt = False, job.retry_count + 1
         if not retryable:
             text = error.strip()  # the provider's words, as they are
@@ -1517,8 +1525,7 @@ class JobStore:
         """End the job's running attempt (``attempt_id``, else whichever is running) and
         write what it ``spent`` to the usage ledger (estimated from its stream log when
         None)."""
-        domain = [("id", "=", attempt_id)] if attempt_id else [("job_id", "=", job.id)]
-        attempts = self.env[ATTEMPT].search([*domain, ("outcome", "=", "running")])
+        attempts = self.env[ATTEMPT].browse(attempt_id) if attempt_id else job.attempt_ids
         closed = attempts.write_where(
             [("outcome", "=", "running")],
             {"outcome": outcome, "ended_at": now, "error_message": error or False},

@@ -114,7 +114,7 @@ class Writer:
         if not (pieces or ending or beat or responses or throttles):
             return
         try:
-            with self.registry.environment() as env:
+            with self.registry.environment() as env, env.cr.atomic():
                 store = JobStore(env)
                 if self._unsure:
                     self._drop_logged(store, streams)
@@ -123,7 +123,7 @@ class Writer:
                 for stream, seconds in throttles:
                     store.throttle(stream.prepared.provider_id, seconds)
                 lost = store.append(pieces)
-                results = {stream: self._record(env, store, stream) for stream in ending}
+                results = self._record_all(env, store, ending)
                 if beat:
                     lost += self._beat(env, store, flowing)
         except DatabaseUnavailable:
@@ -165,12 +165,22 @@ class Writer:
             last = logged.get(stream.lease.job_id, 0)
             self._unsaved[stream] = [p for p in pieces if p.seq > last]
 
+    def _record_all(self, env, store: JobStore, ending: list[Stream]) -> dict[Stream, str]:
+        """Record the ends of ``ending`` together; when one cannot be recorded, each alone."""
+        try:
+            with env.cr.atomic():
+                return {s: _record_end(store, s, self._unsaved.get(s, [])) for s in ending}
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # one end is broken: each end alone, to keep the others
+            return {stream: self._record(env, store, stream) for stream in ending}
+
     def _record(self, env, store: JobStore, stream: Stream) -> str:
-        """Record the stream's end, in a savepoint: an end that cannot be recorded (a bug) is
+        """Record the stream's end, all or nothing: an end that cannot be recorded (a bug) is
         logged and left to the lease's expiry, not retried for ever."""
         tail = self._unsaved.get(stream, [])
         try:
-            with env.cr.savepoint():
+            with env.cr.atomic():
                 return _record_end(store, stream, tail)
         except DatabaseUnavailable:
             raise

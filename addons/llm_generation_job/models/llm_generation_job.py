@@ -110,9 +110,15 @@ class GenerationJob(models.Model):
     queued_at = fields.Datetime(index=True, help="When it first entered the queue")
     started_at = fields.Datetime()
     completed_at = fields.Datetime(index=True)
-    queue_duration = fields.Float(compute="_compute_durations", store=True, help="Seconds")
-    duration = fields.Float(compute="_compute_durations", store=True, help="Seconds")
-    is_active = fields.Boolean(compute="_compute_is_active", store=True, index=True)
+    queue_duration = fields.Float(
+        compute="_compute_durations", store=True, precompute=True, help="Seconds"
+    )
+    duration = fields.Float(
+        compute="_compute_durations", store=True, precompute=True, help="Seconds"
+    )
+    is_active = fields.Boolean(
+        compute="_compute_is_active", store=True, precompute=True, index=True
+    )
     can_retry = fields.Boolean(compute="_compute_flags")
     can_cancel = fields.Boolean(compute="_compute_flags")
     attempt_ids = fields.One2many("llm.generation.job.attempt", "job_id", string="Attempts")

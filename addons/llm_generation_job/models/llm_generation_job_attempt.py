@@ -31,17 +31,21 @@ class GenerationJobAttempt(models.Model):
         help="Its tokens as estimated when it started, under a tokens-a-minute limit"
     )
     error_message = fields.Text()
-    duration = fields.Float(compute="_compute_duration", store=True, help="Seconds")
+    duration = fields.Float(
+        compute="_compute_duration", store=True, precompute=True, help="Seconds"
+    )
     provider_id = fields.Many2one(
         "llm.provider",
         compute="_compute_provider_id",
         store=True,
+        precompute=True,
         ondelete="cascade",
         help="Its job's provider: the queue of the metrics",
     )
     time_to_first_token = fields.Float(
         compute="_compute_time_to_first_token",
         store=True,
+        precompute=True,
         help="Seconds from its start to its first piece of reply (empty: none streamed)",
     )
 

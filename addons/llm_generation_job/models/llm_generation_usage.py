@@ -46,7 +46,7 @@ class GenerationUsage(models.Model):
     cost = fields.Float(help="USD, by the model's prices when the attempt ended")
     priced = fields.Boolean(help="The model had prices (else the cost is 0)")
     ended_at = fields.Datetime(required=True, index=True)
-    total_tokens = fields.Integer(compute="_compute_total_tokens", store=True)
+    total_tokens = fields.Integer(compute="_compute_total_tokens", store=True, precompute=True)
 
     @api.depends("prompt_tokens", "completion_tokens")
     def _compute_total_tokens(self):

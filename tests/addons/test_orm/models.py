@@ -82,3 +82,39 @@ class Contract(models.Model):
     _description = "A record that prevents deleting its partner"
 
     partner_id = fields.Many2one("test.partner", required=True, ondelete="restrict")
+
+
+class Task(models.Model):
+    _name = "test.task"
+    _description = "Test task: fields computed before their record is written"
+
+    name = fields.Char()
+    planned = fields.Integer()
+    done = fields.Integer()
+    remaining = fields.Integer(compute="_compute_remaining", store=True, precompute=True)
+    # Follows a precomputed field: computed after it, in a statement of its own.
+    remaining_label = fields.Char(compute="_compute_remaining_label", store=True, precompute=True)
+    partner_id = fields.Many2one("test.partner", ondelete="set null")
+    partner_label = fields.Char(compute="_compute_partner_label", store=True, precompute=True)
+    tag_ids = fields.Many2many("test.tag")
+    tag_count = fields.Integer(compute="_compute_tag_count", store=True, precompute=True)
+
+    @api.depends("planned", "done")
+    def _compute_remaining(self):
+        for task in self:
+            task.remaining = (task.planned or 0) - (task.done or 0)
+
+    @api.depends("remaining")
+    def _compute_remaining_label(self):
+        for task in self:
+            task.remaining_label = f"{task.remaining} left"
+
+    @api.depends("partner_id.name")
+    def _compute_partner_label(self):
+        for task in self:
+            task.partner_label = f"for {task.partner_id.name}" if task.partner_id else False
+
+    @api.depends("tag_ids")
+    def _compute_tag_count(self):
+        for task in self:
+            task.tag_count = len(task.tag_ids)
