@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 DEFINITIONS: dict[str, list[type[BaseModel]]] = defaultdict(list)
 # Ids per query when loading or writing a large recordset (keeps IN lists under driver limits).
 CHUNK_SIZE = 10_000
+CASE_CHUNK_SIZE = 1_000  # records per UPDATE that sets each its own values (two binds each)
 
 _ORDER_TERM = re.compile(r"^\s*(\w+)(?:\s+(asc|desc))?(?:\s+nulls\s+(first|last))?\s*$", re.I)
 _GRANULARITIES = ("hour", "day", "week", "month", "year")
@@ -60,9 +61,13 @@ _AGGREGATES = ("count", "count_distinct", "sum", "avg", "min", "max")
 _PROVISIONAL_IDS = itertools.count(1)
 
 
-def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(ids), CHUNK_SIZE):
-        yield ids[start : start + CHUNK_SIZE]
+def _hashable(value: Any) -> Any:
+    return repr(value) if isinstance(value, dict | list) else value
+
+
+def _chunks(ids: Sequence[int], size: int = CHUNK_SIZE) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 class BaseModel:
@@ -790,14 +795,18 @@ class BaseModel:
             cache.invalidate(None, ids)
 
     def _precomputed(
-        self, columns: dict[Field, Any], names: set[str], condition: Any = None
-    ) -> tuple[list[Field], list[tuple[tuple[int, ...], dict[Field, Any]]]]:
-        """For a write of ``columns`` (cache values) on these records (those that match
-        ``condition``, when given): the precomputed fields that depend on ``names``, and the
-        records grouped by their values of them (one UPDATE each). The values they read and
-        this transaction has not are read first, their rows locked; a record that does not
-        match ``condition`` then is left out of the groups. The new values are put in the
-        cache. No groups: nothing to precompute."""
+        self,
+        columns: dict[Field, Any],
+        names: set[str],
+        condition: Any = None,
+        each: dict[int, dict[Field, Any]] | None = None,
+    ) -> tuple[list[Field], dict[int, dict[Field, Any]]]:
+        """For a write of ``columns`` (cache values; and of each record's own values in
+        ``each``) on these records (those that match ``condition``, when given): the
+        precomputed fields that depend on ``names``, and each record's values of them. The
+        values they read and this transaction has not are read first, their rows locked; a
+        record that does not match ``condition`` then is left out. The new values are put in
+        the cache."""
         triggers, cache = self.pool.triggers, self.env.cache
         candidates = {
             dependent
@@ -806,33 +815,26 @@ class BaseModel:
             if not prefix and dependent.precompute and dependent.name not in names
         }
         fields, reads = [], set()
+        written = set(columns).union(*(values for values in (each or {}).values()))
         for field in candidates:
-            owns = {self._fields[path.split(".")[0]] for path in field.depends} - set(columns)
+            owns = {self._fields[path.split(".")[0]] for path in field.depends} - written
             # Not a relation written after the UPDATE, nor another field computed here.
             if not any(own.name in names or own in candidates for own in owns):
                 fields.append(field)
                 reads.update(own for own in owns if own.column)
         if not fields:
-            return [], []
+            return [], {}
         records = self
         missing = [field for field in reads if cache.missing_ids(field, self._ids)]
         if missing:
             records = self._browse(self._fetch_locked(condition))
-            if not records:
-                return fields, []
         for field, value in columns.items():
             cache.update(field, dict.fromkeys(records._ids, value))
+        for id_ in records._ids if each is not None else ():
+            for field, value in each[id_].items():
+                cache.set(field, id_, value)
         records.sudo()._compute_fields(fields)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for id_ in records._ids:
-            values = (cache.get(field, id_) for field in fields)
-            groups[tuple(v if not isinstance(v, dict | list) else repr(v) for v in values)].append(
-                id_
-            )
-        return fields, [
-            (tuple(ids), {field: cache.get(field, ids[0]) for field in fields})
-            for ids in groups.values()
-        ]
+        return fields, {id_: {f: cache.get(f, id_) for f in fields} for id_ in records._ids}
 
     def _fetch_locked(self, condition: Any = None) -> tuple[int, ...]:
         """Read these records (those matching ``condition``) into the cache, their rows
@@ -916,6 +918,52 @@ class BaseModel:
             self._write(vals)
         return True
 
+    def write_each(self, vals_list: Sequence[dict[str, Any]]) -> bool:
+        """Write each record of the set its own values (``vals_list``, in the set's order;
+        stored column fields, the same ones for every record): one UPDATE, where ``write``
+        would take one per record. The model's ``write()`` overrides do not run."""
+        if len(vals_list) != len(self._ids) or len(set(self._ids)) != len(self._ids):
+            raise ValidationError(
+                f"write_each() on '{self._name}' takes one dict of values per record of a set "
+                f"without duplicates ({len(self._ids)} records, {len(vals_list)} dicts)."
+            )
+        if not self._ids:
+            return True
+        names = set(vals_list[0])
+        for vals in vals_list:
+            self._check_field_names(vals)
+            if set(vals) != names:
+                raise ValidationError(
+                    f"write_each() on '{self._name}' writes the same fields on every record: "
+                    f"{sorted(names)} and {sorted(vals)} differ."
+                )
+            for name in vals:
+                if not self._fields[name].column:
+                    raise ValidationError(
+                        f"write_each() writes stored column fields; '{name}' of "
+                        f"'{self._name}' is not one."
+                    )
+        self.check_access("write")
+        with self.env.cr.call_savepoint():
+            each = {
+                id_: {
+                    self._fields[n]: self._column_value(self._fields[n], v) for n, v in vals.items()
+                }
+                for id_, vals in zip(self._ids, vals_list, strict=True)
+            }
+            before = self.pool.triggers.before_change(self, names)
+            columns = {
+                self._fields["write_date"]: dt.datetime.now(dt.UTC),
+                self._fields["write_uid"]: self.env.uid,
+            }
+            precomputed, computed = self._precomputed(columns, names, each=each)
+            if precomputed:  # (a record that is gone was not computed)
+                each = {id_: {**each[id_], **values} for id_, values in computed.items()}
+            self._update(columns, each)
+            self.pool.triggers.after_change(self, names, before=before, precomputed=precomputed)
+            self._validate_constraints(names)
+        return True
+
     def _write(self, vals: dict[str, Any]) -> None:
         columns: dict[Field, Any] = {}
         relations: dict[Field, Any] = {}
@@ -931,9 +979,8 @@ class BaseModel:
         if columns:
             columns[self._fields["write_date"]] = dt.datetime.now(dt.UTC)
             columns[self._fields["write_uid"]] = self.env.uid
-            precomputed, groups = self._precomputed(columns, names)
-            for ids, values in groups if precomputed else [(self._ids, {})]:
-                self._browse(ids)._write_columns({**columns, **values})
+            precomputed, each = self._precomputed(columns, names)
+            self._update(columns, each if precomputed else None)
         for field, commands in relations.items():
             for record in self:
                 record._write_x2many(field, commands)
@@ -951,14 +998,50 @@ class BaseModel:
             )
         return cache_value
 
-    def _write_columns(self, columns: dict[Field, Any]) -> None:
-        """UPDATE the given cache values on all records of the set, and cache them."""
+    def _update(
+        self,
+        columns: dict[Field, Any],
+        each: dict[int, dict[Field, Any]] | None = None,
+        condition: Any = None,
+    ) -> set[int]:
+        """UPDATE these records (those in ``each``, when given; those that match
+        ``condition``, when given) with ``columns`` (cache values), and each record with its
+        own values in ``each``: one statement per chunk of records, a field whose values
+        differ set by a CASE on the id. Caches what it wrote; returns the ids written."""
         table, cache = self._table_obj, self.env.cache
-        params = {f.name: f.convert_to_column(v) for f, v in columns.items()}
-        for chunk in _chunks(self._ids):
-            self._execute_write(sa.update(table).where(table.c.id.in_(chunk)).values(params))
-        for field, value in columns.items():
-            cache.update(field, dict.fromkeys(self._ids, value))
+        ids, common = self._ids, dict(columns)
+        varying: dict[Field, dict[int, Any]] = {}
+        if each is not None:
+            ids = tuple(id_ for id_ in ids if id_ in each)
+            for field in {field for values in each.values() for field in values}:
+                values = {id_: each[id_][field] for id_ in ids}
+                if len({_hashable(value) for value in values.values()}) == 1:
+                    common[field] = values[ids[0]]
+                else:
+                    varying[field] = values
+        params = {f.name: f.convert_to_column(v) for f, v in common.items()}
+        written: set[int] = set()
+        for chunk in _chunks(ids, CASE_CHUNK_SIZE if varying else CHUNK_SIZE):
+            values = dict(params)
+            for field, by_id in varying.items():
+                column_type = table.c[field.name].type
+                cases = {
+                    id_: sa.bindparam(None, field.convert_to_column(by_id[id_]), column_type)
+                    for id_ in chunk
+                }
+                values[field.name] = sa.case(cases, value=table.c.id)
+            statement = sa.update(table).where(table.c.id.in_(chunk)).values(values)
+            if condition is None:
+                self._execute_write(statement)
+                written.update(chunk)
+            else:
+                statement = statement.where(condition).returning(table.c.id)
+                written.update(self._execute_write(statement).scalars())
+        for field, value in common.items():
+            cache.update(field, dict.fromkeys(written, value))
+        for field, by_id in varying.items():
+            cache.update(field, {id_: by_id[id_] for id_ in written})
+        return written
 
     def write_where(self, domain: Sequence, vals: dict[str, Any]) -> BaseModel:
         """Write ``vals`` on the records of this set that still match ``domain``, and return
@@ -991,25 +1074,12 @@ class BaseModel:
         before = self.pool.triggers.before_change(self, names)
         columns[self._fields["write_date"]] = dt.datetime.now(dt.UTC)
         columns[self._fields["write_uid"]] = self.env.uid
-        table, condition = self._table_obj, compile_domain(self, domain)
-        precomputed, groups = self._precomputed(columns, names, condition)
-        changed: set[int] = set()
-        for ids, values in groups if precomputed else [(self._ids, {})]:
-            params = {f.name: f.convert_to_column(v) for f, v in {**columns, **values}.items()}
-            for chunk in _chunks(ids):
-                statement = (
-                    sa.update(table)
-                    .where(table.c.id.in_(chunk), condition)
-                    .values(params)
-                    .returning(table.c.id)
-                )
-                changed.update(self._execute_write(statement).scalars())
+        condition = compile_domain(self, domain)
+        precomputed, each = self._precomputed(columns, names, condition)
+        changed = self._update(columns, each if precomputed else None, condition)
         self._browse(tuple(i for i in self._ids if i not in changed)).invalidate_recordset()
         records = self._browse(tuple(i for i in self._ids if i in changed))
         if records:
-            cache = self.env.cache
-            for field, value in columns.items():
-                cache.update(field, dict.fromkeys(records._ids, value))
             self.pool.triggers.after_change(records, names, before=before, precomputed=precomputed)
             records._validate_constraints(names)
         return records
@@ -1153,22 +1223,15 @@ class BaseModel:
     # -- computed fields and constraints --------------------------------------------------
     def _recompute(self, fields: Iterable[Field]) -> None:
         """Recompute stored computed fields on these records and write the results: each
-        compute method runs once, and records whose new values are all the same are written
-        by one UPDATE (a job's state, durations and name in one statement, not one each)."""
+        compute method runs once, and one UPDATE writes them all (a job's durations and name
+        in one statement, whatever the number of jobs)."""
         fields = list(dict.fromkeys(fields))
         records = self  # just created or written, or found by the triggers: they exist
         if not records or not fields:
             return
         records._compute_fields(fields)
         cache = self.env.cache
-        by_values: dict[tuple, list[int]] = defaultdict(list)
-        for id_ in records._ids:
-            values = (cache.get(field, id_) for field in fields)
-            key = tuple(v if not isinstance(v, dict | list) else repr(v) for v in values)
-            by_values[key].append(id_)
-        for ids in by_values.values():
-            group = records._browse(tuple(ids))
-            group._write_columns({field: cache.get(field, ids[0]) for field in fields})
+        records._update({}, {id_: {f: cache.get(f, id_) for f in fields} for id_ in records._ids})
         self.pool.triggers.after_change(records, {field.name for field in fields})
 
     def _compute_fields(self, fields: Iterable[Field]) -> None:

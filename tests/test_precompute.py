@@ -11,7 +11,7 @@ import contextlib
 import pytest
 import sqlalchemy as sa
 
-from core import RegistryError
+from core import RegistryError, ValidationError
 from core.fields import Field
 
 
@@ -30,7 +30,7 @@ def statements(registry):
 
 
 def writes(seen: list[str], table: str = "test_task") -> list[str]:
-    return [s for s in seen if s.startswith((f"INSERT INTO {table}", f"UPDATE {table}"))]
+    return [s for s in seen if s.startswith((f"INSERT INTO {table} ", f"UPDATE {table} "))]
 
 
 def stored(registry, task_id: int) -> dict:
@@ -89,12 +89,30 @@ def test_a_write_puts_what_follows_it_in_the_same_update(registry):
     assert stored(registry, task_id)["remaining_label"] == "1 left"
 
 
-def test_records_with_different_values_are_each_written_right(registry):
+def test_records_with_different_values_are_written_by_one_statement(registry):
     with registry.environment() as env:
         tasks = env["test.task"].create([{"planned": n} for n in (3, 5, 8)])
-        tasks.write({"done": 2})
+        with statements(registry) as seen:
+            tasks.write({"done": 2})
+        # One UPDATE sets done and each task's own remaining; one its own label.
+        assert len(writes(seen)) == 2
         ids = tasks.ids
     assert [stored(registry, i)["remaining"] for i in ids] == [1, 3, 6]
+    assert [stored(registry, i)["remaining_label"] for i in ids] == ["1 left", "3 left", "6 left"]
+
+
+def test_a_recompute_writes_records_with_different_values_in_one_statement(registry):
+    with registry.environment() as env:
+        partners = env["test.partner"].create([{"name": "Ada"}, {"name": "Bob"}])
+        orders = env["test.order"].create([{"partner_id": p.id} for p in partners])
+        with statements(registry) as seen:
+            env["test.order.line"].create(
+                [{"order_id": orders[0].id, "amount": 2.5}, {"order_id": orders[1].id, "amount": 4}]
+            )
+        assert len(writes(seen, "test_order")) == 1
+        assert orders.mapped("total") == [2.5, 4.0]
+    with registry.environment() as env:
+        assert env["test.order"].browse(orders.ids).mapped("total") == [2.5, 4.0]
 
 
 def test_a_relation_written_with_them_is_counted_after(registry):
@@ -147,3 +165,34 @@ def test_only_a_stored_computed_field_can_be_precomputed():
     field = Field(compute="_compute_x", precompute=True, store=False)
     with pytest.raises(RegistryError, match="precomputed but not a stored computed field"):
         field.setup("x", "test.broken", field.args)
+
+
+def test_write_each_gives_each_record_its_own_values_in_one_statement(registry):
+    with registry.environment() as env:
+        tasks = env["test.task"].create([{"planned": 4}, {"planned": 6}, {"planned": 9}])
+        ids = tasks.ids
+    with registry.environment() as env:
+        tasks = env["test.task"].browse(ids)
+        with statements(registry) as seen:
+            tasks.write_each(
+                [{"done": 1, "name": "a"}, {"done": 5, "name": "b"}, {"done": 0, "name": "c"}]
+            )
+        # The rows read and locked, one UPDATE of done, name and remaining, one of the labels.
+        assert len(writes(seen)) == 2
+        assert tasks.mapped("remaining") == [3, 1, 9]
+    assert [stored(registry, i)["remaining_label"] for i in ids] == ["3 left", "1 left", "9 left"]
+    with registry.environment() as env:
+        assert env["test.task"].browse(ids).mapped("name") == ["a", "b", "c"]
+
+
+def test_write_each_refuses_values_that_do_not_fit_its_records(registry):
+    with registry.environment() as env:
+        tasks = env["test.task"].create([{"planned": 1}, {"planned": 2}])
+        with pytest.raises(ValidationError, match="one dict of values per record"):
+            tasks.write_each([{"done": 1}])
+        with pytest.raises(ValidationError, match="the same fields on every record"):
+            tasks.write_each([{"done": 1}, {"name": "x"}])
+        with pytest.raises(ValidationError, match="stored column fields; 'tag_ids'"):
+            tasks.write_each([{"tag_ids": []}, {"tag_ids": []}])
+        with pytest.raises(ValidationError, match="has no field 'nope'"):
+            tasks.write_each([{"nope": 1}, {"nope": 2}])

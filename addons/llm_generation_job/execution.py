@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -74,31 +74,46 @@ class PreparedAttempt:
 def prepare(store: JobStore, lease: Lease) -> PreparedAttempt | None:
     """The attempt's start (see the module docstring); None when the lease was lost. Raises
     UserError when no request can be made (no chat model, an unusable key...)."""
-    job = store.jobs.browse(lease.job_id)
-    provider = job.provider_id
-    messages, model, options = job._generation_request()
-    wired = provider._wire_stream(messages, model, **options)
-    deadline = store.queue(provider.id).attempt_deadline_seconds
-    started = store.start_reply(lease)
-    if started is None:
-        return None
-    protocol, stream_args = wired or (None, {})
-    background = job.execution_mode == "background" and protocol == "openai"
-    return PreparedAttempt(
-        lease=lease,
-        seq=started.seq,
-        attempt=started.attempt,
-        deadline=deadline or None,
-        protocol=protocol,
-        stream_args=stream_args,
-        provider_id=provider.id,
-        model=model,
-        messages=messages,
-        options=options,
-        background=background,
-        resume=started.resume if background else None,
-        text=started.text if background else "",
-    )
+    return prepare_many(store, [lease])[0]
+
+
+def prepare_many(store: JobStore, leases: Sequence[Lease]) -> list[PreparedAttempt | None]:
+    """``prepare`` for many attempts, their jobs read together and their replies started
+    together; an error of one raises for all (the caller prepares each alone then)."""
+    jobs = store.jobs.browse([lease.job_id for lease in leases])
+    requests = []
+    for job in jobs:
+        provider = job.provider_id
+        messages, model, options = job._generation_request()
+        wired = provider._wire_stream(messages, model, **options)
+        deadline = store.queue(provider.id).attempt_deadline_seconds
+        requests.append((job, messages, model, options, wired, deadline))
+    prepared: list[PreparedAttempt | None] = []
+    for lease, started, request in zip(leases, store.start_replies(leases), requests, strict=True):
+        job, messages, model, options, wired, deadline = request
+        if started is None:
+            prepared.append(None)
+            continue
+        protocol, stream_args = wired or (None, {})
+        background = job.execution_mode == "background" and protocol == "openai"
+        prepared.append(
+            PreparedAttempt(
+                lease=lease,
+                seq=started.seq,
+                attempt=started.attempt,
+                deadline=deadline or None,
+                protocol=protocol,
+                stream_args=stream_args,
+                provider_id=job.provider_id.id,
+                model=model,
+                messages=messages,
+                options=options,
+                background=background,
+                resume=started.resume if background else None,
+                text=started.text if background else "",
+            )
+        )
+    return prepared
 
 
 @dataclass

@@ -40,7 +40,15 @@ from core.notify import notifier_for
 from core.registry import Registry
 
 from .engine import StreamEngine
-from .execution import Attempt, describe_failure, hand_back, persist, prepare, run_attempt
+from .execution import (
+    Attempt,
+    describe_failure,
+    hand_back,
+    persist,
+    prepare,
+    prepare_many,
+    run_attempt,
+)
 from .signals import CHANNELS, QUEUED
 from .store import LEASE_SECONDS, JobStore, Lease
 from .writer import BEAT_SECONDS
@@ -266,7 +274,7 @@ class JobRunner:
         """``prepare`` the attempts together; when one cannot be prepared, each alone."""
         try:
             with env.cr.atomic():
-                return [prepare(store, lease) for lease in leases]
+                return prepare_many(store, leases)
         except DatabaseUnavailable:
             raise
         except Exception:  # one of them fails: each alone, so that it fails alone

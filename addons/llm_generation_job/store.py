@@ -165,6 +165,18 @@ class Piece:
 
 
 @dataclass(frozen=True)
+class Completion:
+    """A stream that completed: its lease, its reply message's values, the pieces of its
+    log not saved yet, and what its provider said of its usage and remaining requests."""
+
+    lease: Lease
+    message_values: dict[str, Any]
+    tail: Sequence[Piece] = ()
+    usage: Usage | None = None
+    remaining: int | None = None
+
+
+@dataclass(frozen=True)
 class ReplyStart:
     """An attempt's start: its job and reply message (in the store's environment), the last
     ``seq`` of the stream log (the attempt's pieces follow it) and the attempt's number. An
@@ -468,19 +480,40 @@ class JobStore:
         records when an earlier attempt logged anything; None when the lease was lost
         (nothing is written then). A lease claimed in this transaction holds: its job's row
         is locked since."""
-        job = self.jobs.browse(lease.job_id) if lease in self._claimed else self._hold(lease)
-        if not job:
-            return None
+        return self.start_replies([lease])[0]
+
+    def start_replies(self, leases: Sequence[Lease]) -> list[ReplyStart | None]:
+        """``start_reply`` for many attempts: the new replies in one INSERT, linked to their
+        jobs in one UPDATE."""
+        held = [lease for lease in leases if lease in self._claimed or self._hold(lease)]
+        jobs = self.jobs.browse([lease.job_id for lease in held])
+        self.env[ATTEMPT].browse([lease.attempt_id for lease in held]).mapped("number")
+        again = jobs.filtered("output_message_id")
+        again.mapped("output_message_id").write({"body": "", "state": "streaming", "error": False})
+        first = jobs - again
+        if first:
+            replies = self.env["llm.message"].create(
+                [
+                    {
+                        "thread_id": job.thread_id.id,
+                        "body": "",
+                        "llm_role": "assistant",
+                        "state": "streaming",
+                    }
+                    for job in first
+                ]
+            )
+            first.write_each([{"output_message_id": reply.id} for reply in replies])
+        self._signal(PROGRESS, jobs.ids)
+        started = {lease: self._started(lease) for lease in held}
+        return [started.get(lease) for lease in leases]
+
+    def _started(self, lease: Lease) -> ReplyStart:
+        job = self.jobs.browse(lease.job_id)
         reply = job.output_message_id
-        if reply:
-            reply.write({"body": "", "state": "streaming", "error": False})
-        else:
-            reply = job.thread_id.message_post(body="", llm_role="assistant", state="streaming")
-            job.write_where(self._held(lease), {"output_message_id": reply.id})
         attempt = self.env[ATTEMPT].browse(lease.attempt_id).number
         response = (job.provider_data or {}).get("response_id")
         if attempt > 1 and job.execution_mode == "background" and response:
-            self._signal(PROGRESS, [job.id])
             return self._resumed(job, reply, attempt, response)
         last = self.env[CHUNK]  # only an earlier attempt can have logged anything
         if attempt > 1:
@@ -490,7 +523,6 @@ class JobStore:
             seq += 1
             values = {"job_id": job.id, "seq": seq, "kind": "restart", "attempt": attempt}
             self.env[CHUNK].create(values)
-        self._signal(PROGRESS, [job.id])
         return ReplyStart(job, reply, seq, attempt)
 
     def _resumed(self, job, reply, attempt: int, response: str) -> ReplyStart:
@@ -597,10 +629,17 @@ class JobStore:
         """The job completed: job, reply and attempt, or nothing (False: the lease was lost).
         A completion wins over a cancellation requested meanwhile: there is nothing left to
         stop."""
-        job = self.jobs.browse(lease.job_id)
+        return bool(self.complete_many([Completion(lease, message_values, tail, usage, remaining)]))
+
+    def complete_many(self, completions: Sequence[Completion]) -> set[Lease]:
+        """``complete`` for many jobs, in a few statements whatever their number; returns the
+        leases whose jobs completed (the others were lost: nothing is written for them)."""
+        if not completions:
+            return set()
+        leases = [completion.lease for completion in completions]
         now = _now()
-        done = job.write_where(
-            self._held(lease, cancelled_ok=True),
+        done = self.jobs.browse([lease.job_id for lease in leases]).write_where(
+            [*self._leases_domain(leases), ("state", "=", "running")],
             {
                 "state": "completed",
                 "completed_at": now,
@@ -610,15 +649,38 @@ class JobStore:
                 "next_retry_at": False,
             },
         )
-        if not done:
-            return False
-        job.output_message_id.write(message_values)
-        self._log(tail, now)
-        spent = Spent.reported(usage) or self._estimate(job, message_values.get("body") or "")
-        self._close_attempts(job, "completed", now, attempt_id=lease.attempt_id, spent=spent)
-        self._provider_answered(job, ok=True, remaining=remaining)
-        self._signal(PROGRESS, [job.id])
-        return True
+        held = set(done.ids)
+        completed = [c for c in completions if c.lease.job_id in held]
+        by_fields: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
+        for completion in completed:
+            message = self.jobs.browse(completion.lease.job_id).output_message_id
+            values = completion.message_values
+            if message:
+                by_fields.setdefault(tuple(sorted(values)), []).append((message.id, values))
+        for group in by_fields.values():
+            messages = self.env["llm.message"].browse([message_id for message_id, _ in group])
+            messages.write_each([values for _, values in group])
+        self._log([piece for completion in completed for piece in completion.tail], now)
+        self._end_attempts(
+            [
+                (
+                    self.jobs.browse(c.lease.job_id),
+                    self.env[ATTEMPT].browse(c.lease.attempt_id),
+                    Spent.reported(c.usage)
+                    or self._estimate(
+                        self.jobs.browse(c.lease.job_id), c.message_values.get("body") or ""
+                    ),
+                )
+                for c in completed
+            ],
+            "completed",
+            now,
+        )
+        for completion in completed:
+            job = self.jobs.browse(completion.lease.job_id)
+            self._provider_answered(job, ok=True, remaining=completion.remaining)
+        self._signal(PROGRESS, held)
+        return {completion.lease for completion in completed}
 
     def fail(
         self,
@@ -1526,15 +1588,35 @@ class JobStore:
         write what it ``spent`` to the usage ledger (estimated from its stream log when
         None)."""
         attempts = self.env[ATTEMPT].browse(attempt_id) if attempt_id else job.attempt_ids
-        closed = attempts.write_where(
-            [("outcome", "=", "running")],
-            {"outcome": outcome, "ended_at": now, "error_message": error or False},
+        self._end_attempts([(job, attempts, spent)], outcome, now, error=error)
+
+    def _end_attempts(
+        self,
+        ends: Sequence[tuple[Any, Any, Spent | None]],
+        outcome: str,
+        now: dt.datetime,
+        *,
+        error: str | None = None,
+    ) -> None:
+        """End the running ones of the attempts of each ``(job, attempts, spent)`` in
+        ``outcome``, and write what each spent to the usage ledger (``spent``; estimated from
+        its stream log when None): an UPDATE and an INSERT for them all."""
+        jobs = {attempt_id: job for job, attempts, _ in ends for attempt_id in attempts.ids}
+        spent = {attempt_id: used for _, attempts, used in ends for attempt_id in attempts.ids}
+        closed = (
+            self.env[ATTEMPT]
+            .browse(list(jobs))
+            .write_where(
+                [("outcome", "=", "running")],
+                {"outcome": outcome, "ended_at": now, "error_message": error or False},
+            )
         )
-        if not closed:
-            return
         rows = []
         for attempt in closed:
-            used = spent if spent is not None else self._estimate(job, self._logged(attempt))
+            job = jobs[attempt.id]
+            used = spent[attempt.id]
+            if used is None:
+                used = self._estimate(job, self._logged(attempt))
             cost, priced = (0.0, False)
             if job.model_id:
                 cost, priced = job.model_id._cost(
@@ -1559,7 +1641,8 @@ class JobStore:
                     "ended_at": now,
                 }
             )
-        self.env[USAGE].create(rows)
+        if rows:
+            self.env[USAGE].create(rows)
 
     def _logged(self, attempt) -> str:
         """The text an attempt logged."""

@@ -31,7 +31,7 @@ from core.notify import notifier_for
 from core.registry import Registry
 
 from .signals import CANCEL
-from .store import LEASE_SECONDS, JobStore, Piece, reply_values
+from .store import LEASE_SECONDS, Completion, JobStore, Piece, reply_values
 
 if TYPE_CHECKING:
     from .engine import Stream, StreamEngine
@@ -166,14 +166,26 @@ class Writer:
             self._unsaved[stream] = [p for p in pieces if p.seq > last]
 
     def _record_all(self, env, store: JobStore, ending: list[Stream]) -> dict[Stream, str]:
-        """Record the ends of ``ending`` together; when one cannot be recorded, each alone."""
+        """Record the ends of ``ending`` together (the completions in a few statements for
+        them all); when one cannot be recorded, each alone."""
+        completing = [stream for stream in ending if stream.outcome[0] == "complete"]
         try:
             with env.cr.atomic():
-                return {s: _record_end(store, s, self._unsaved.get(s, [])) for s in ending}
+                completed = store.complete_many([self._completion(s) for s in completing])
+                results = {s: "completed" if s.lease in completed else "lost" for s in completing}
+                for stream in ending:
+                    if stream not in results:
+                        results[stream] = _record_end(store, stream, self._unsaved.get(stream, []))
+                return results
         except DatabaseUnavailable:
             raise
         except Exception:  # one end is broken: each end alone, to keep the others
             return {stream: self._record(env, store, stream) for stream in ending}
+
+    def _completion(self, stream: Stream) -> Completion:
+        values = reply_values(stream.text, stream.usage, stream.finish)
+        tail = self._unsaved.get(stream, [])
+        return Completion(stream.lease, values, tail, stream.usage, stream.remaining)
 
     def _record(self, env, store: JobStore, stream: Stream) -> str:
         """Record the stream's end, all or nothing: an end that cannot be recorded (a bug) is
