@@ -256,13 +256,22 @@ class Cursor:
         a savepoint of its own (two statements), so that a caller may catch its error and go
         on; inside, an error leaves its call half-done until it leaves the block, which undoes
         everything the block did. Do not catch ORM errors inside the block (a ``savepoint()``
-        inside it still undoes its own part alone)."""
-        with self.savepoint():
-            self._atomic += 1
-            try:
-                yield
-            finally:
-                self._atomic -= 1
+        inside it still undoes its own part alone). A block that begins its transaction
+        takes no savepoint either: its error rolls the transaction back."""
+        fresh = self._connection is None and not (self._precommit or self._postcommit)
+        self._atomic += 1
+        try:
+            if fresh:
+                try:
+                    yield
+                except BaseException:
+                    self.rollback()
+                    raise
+            else:
+                with self.savepoint():
+                    yield
+        finally:
+            self._atomic -= 1
 
     def call_savepoint(self) -> contextlib.AbstractContextManager[None]:
         """The savepoint of one ORM call: none inside an ``atomic`` block (it has one)."""

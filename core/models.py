@@ -371,6 +371,34 @@ class BaseModel:
             query = query.offset(offset)
         return self._browse(tuple(self.env.cr.execute(query).scalars()))
 
+    def search_read(
+        self,
+        domain: Sequence = (),
+        fields: Sequence[str] | None = None,
+        order: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """``search`` then ``read``, in one query for the stored columns among ``fields``."""
+        names = (
+            list(fields)
+            if fields is not None
+            else [name for name, field in self._fields.items() if field.type != "binary"]
+        )
+        columns = [field for field in map(self._field, names) if field.column]
+        table, cache = self._table_obj, self.env.cache
+        query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
+        query = query.where(self._where(domain)).order_by(*self._order_by(order or self._order))
+        if limit:
+            query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
+        rows = self.env.cr.execute(query).all()
+        for index, field in enumerate(columns, start=1):
+            convert = field.convert_from_column
+            cache.update(field, {row[0]: convert(row[index]) for row in rows})
+        return self._browse(tuple(row[0] for row in rows)).read(names)
+
     def search_count(self, domain: Sequence = ()) -> int:
         query = sa.select(sa.func.count()).select_from(self._table_obj).where(self._where(domain))
         return self.env.cr.execute(query).scalar_one()
@@ -1084,10 +1112,14 @@ class BaseModel:
             records._validate_constraints(names)
         return records
 
-    def lock_for_update(self, skip_locked: bool = False, domain: Sequence = ()) -> BaseModel:
+    def lock_for_update(
+        self, skip_locked: bool = False, domain: Sequence = (), read: bool = False
+    ) -> BaseModel:
         """Lock the rows of these records until the transaction ends; returns the records
         that exist (with ``skip_locked``: only those no other transaction holds, instead of
-        waiting for them; with ``domain``: only those matching it, in the same statement).
+        waiting for them; with ``domain``: only those matching it, in the same statement;
+        with ``read``: only those the user may read, their stored fields read by the same
+        statement).
 
         PostgreSQL: ``SELECT ... FOR UPDATE [SKIP LOCKED]``; another transaction locking or
         conditionally writing these rows waits until this one ends. SQLite has no row locks:
@@ -1105,14 +1137,21 @@ class BaseModel:
         self.check_access("write")
         table, found = self._table_obj, set()
         condition = compile_domain(self, domain)
+        columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
+        if read and not self.env.su:
+            condition = sa.and_(condition, self._where([], "read"))
+        self.invalidate_recordset()
         for chunk in _chunks(self._ids):
             query = (
-                sa.select(table.c.id)
+                sa.select(table.c.id, *(table.c[f.name] for f in columns if read))
                 .where(table.c.id.in_(chunk), condition)
                 .with_for_update(skip_locked=skip_locked)
             )
-            found.update(self.env.cr.execute(query).scalars())
-        self.invalidate_recordset()
+            rows = self.env.cr.execute(query).all()
+            found.update(row[0] for row in rows)
+            for index, field in enumerate(columns if read else (), start=1):
+                convert = field.convert_from_column
+                self.env.cache.update(field, {row[0]: convert(row[index]) for row in rows})
         return self._browse(tuple(i for i in self._ids if i in found), self._prefetch_ids)
 
     def invalidate_recordset(self, fnames: Iterable[str] | None = None) -> None:

@@ -4,8 +4,8 @@ Senders call ``Notifier.send(cr, channel, payload)`` inside their transaction; r
 ``listen(channel, ...)`` once, then ``wait(channel, payload, since, timeout)``. Delivery happens
 when (and only if) the transaction commits:
 
-- on PostgreSQL through ``pg_notify`` (NOTIFY is transactional), one statement per channel
-  for all of a transaction's payloads, sent just before it commits; received by one LISTEN
+- on PostgreSQL through ``pg_notify`` (NOTIFY is transactional), one call per channel for
+  all of a transaction's payloads, in one statement just before it commits; received by one LISTEN
   connection per process whose thread wakes the local waiters — any machine sharing the
   database hears it;
 - in every process, through a post-commit hook that wakes local waiters directly.
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 _CHANNEL_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PAYLOADS_PER_NOTIFY = 500  # NOTIFY payloads stay under PostgreSQL's 8000 bytes
+_NOTIFIES_PER_STATEMENT = 100
 WATCH_INTERVAL = 0.01  # seconds between two looks at SQLite's data_version
 MAX_TRACKED = 10_000  # payloads remembered; beyond, they are forgotten (see _signal_each)
 
@@ -77,9 +78,9 @@ class Notifier:
         self.send_many(cr, channel, [payload])
 
     def send_many(self, cr: Cursor, channel: str, payloads: list[str | int]) -> None:
-        """``send`` for many payloads. A transaction's payloads go out together, one NOTIFY
-        per channel (payloads joined by commas, so a payload has none) just before it
-        commits; receivers are woken for each."""
+        """``send`` for many payloads. A transaction's payloads go out together just before
+        it commits, one NOTIFY per channel (payloads joined by commas, so a payload has
+        none); receivers are woken for each."""
         transaction, pending = self._pending.get(cr, (None, None))
         if pending is None or transaction != cr.transaction:  # (a rolled back one's)
             pending = defaultdict(dict)
@@ -91,11 +92,14 @@ class Notifier:
     def _notify(self, cr: Cursor, pending: dict[str, dict[str, None]]) -> None:
         if cr.dialect != "postgresql":
             return
+        notifies = []
         for channel, payloads in pending.items():
             texts = list(payloads)
             for start in range(0, len(texts), _PAYLOADS_PER_NOTIFY):
                 batch = ",".join(texts[start : start + _PAYLOADS_PER_NOTIFY])
-                cr.execute(sa.select(sa.func.pg_notify(channel, batch)))
+                notifies.append(sa.func.pg_notify(channel, batch))
+        for start in range(0, len(notifies), _NOTIFIES_PER_STATEMENT):
+            cr.execute(sa.select(*notifies[start : start + _NOTIFIES_PER_STATEMENT]))
 
     def _delivered(self, pending: dict[str, dict[str, None]]) -> None:
         for channel, payloads in pending.items():

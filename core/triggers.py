@@ -60,21 +60,25 @@ class Triggers:
                 )
             prefix = ".".join(parts[:index])
             self.dependents[(current._name, part)].append((dependent, prefix))
+            if field.type == "one2many":  # a child created or moved changes its parents
+                self.dependents[(field.comodel_name, field.inverse_name)].append(
+                    (dependent, ".".join(parts[: index + 1]))
+                )
             if index + 1 < len(parts):
                 if not field.relational:
                     raise RegistryError(
                         f"Field '{dependent.name}' of '{dependent.model_name}' depends on "
                         f"'{path}', but '{part}' is not a relational field."
                     )
-                comodel = self.registry[field.comodel_name]
-                if field.type == "one2many":
-                    self.dependents[(comodel._name, field.inverse_name)].append(
-                        (dependent, ".".join(parts[: index + 1]))
-                    )
-                current = comodel
+                current = self.registry[field.comodel_name]
 
     def _affected(
-        self, records: BaseModel, names: set[str], skip_own: bool, done: Iterable[Field] = ()
+        self,
+        records: BaseModel,
+        names: set[str],
+        skip_own: bool,
+        done: Iterable[Field] = (),
+        created: bool = False,
     ) -> Affected:
         affected: Affected = defaultdict(set)
         for name in names:
@@ -84,12 +88,20 @@ class Triggers:
                 elif not prefix:
                     if not skip_own and dependent not in done:
                         affected[dependent].update(records._ids)
-                elif records._ids:
+                elif records._ids and not (created and self._points_here(dependent, prefix)):
                     target = records.env(su=True)[dependent.model_name]
                     affected[dependent].update(
                         target.search([(prefix, "in", list(records._ids))])._ids
                     )
         return affected
+
+    def _points_here(self, dependent: Field, prefix: str) -> bool:
+        """Whether the records that ``dependent`` follows through ``prefix`` are found by
+        their own link to the changed records (a Many2one or Many2many first step): no
+        record links to records just created, except through the creation's own relations,
+        which trigger on their own."""
+        first = self.registry[dependent.model_name]._fields[prefix.split(".")[0]]
+        return first.type in ("many2one", "many2many")
 
     def before_change(
         self, records: BaseModel, names: set[str], deleting: bool = False
@@ -117,7 +129,9 @@ class Triggers:
             for one2many in self.inverse_one2many.get((records._name, name), ()):
                 cache.invalidate([one2many])
         cache.invalidate(self.undeclared.get(records._name, ()))
-        affected = self._affected(records, names, skip_own=created, done=precomputed)
+        affected = self._affected(
+            records, names, skip_own=created, done=precomputed, created=created
+        )
         for dependent, ids in (before or {}).items():
             affected.setdefault(dependent, set()).update(ids)
         if not affected:

@@ -227,3 +227,49 @@ def test_fields_of_an_empty_recordset_read_as_empty(env):
     assert (nobody.name, nobody.age, nobody.active) == (False, 0, False)
     assert nobody.parent_id == env["test.partner"] and not nobody.tag_ids
     assert nobody.parent_id.name is False
+
+
+def test_search_read_reads_what_it_finds_in_one_query(env, registry):
+    ada = env["test.partner"].create({"name": "Ada", "age": 36})
+    env["test.partner"].create([{"name": "Grace", "age": 45, "parent_id": ada.id}, {"name": "Al"}])
+    env.cache.clear()
+    selects = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    sa.event.listen(registry.engine, "before_cursor_execute", count)
+    try:
+        rows = env["test.partner"].search_read(
+            [("age", ">", 30)], ["name", "age", "parent_id"], order="age desc", limit=5
+        )
+    finally:
+        sa.event.remove(registry.engine, "before_cursor_execute", count)
+    assert len(selects) == 1
+    assert rows == [
+        {"id": rows[0]["id"], "name": "Grace", "age": 45, "parent_id": ada.id},
+        {"id": ada.id, "name": "Ada", "age": 36, "parent_id": False},
+    ]
+
+
+def test_a_creation_looks_for_no_record_linking_to_the_new_ones(env, registry):
+    """Orders follow their partner's name (``partner_id.name``): a new partner has no orders
+    yet, so its creation reads none; its parent's child count, found through the new
+    record's own link, follows."""
+    parent = env["test.partner"].create({"name": "Ada"})
+    seen = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(registry.engine, "before_cursor_execute", record)
+    try:
+        child = env["test.partner"].create({"name": "Grace", "parent_id": parent.id})
+    finally:
+        sa.event.remove(registry.engine, "before_cursor_execute", record)
+    assert not [s for s in seen if "FROM test_order" in s]
+    assert parent.child_count == 1
+    env["test.order"].create({"partner_id": child.id})
+    child.write({"name": "Grace H."})
+    assert env["test.order"].search([]).mapped("partner_name") == ["Grace H."]

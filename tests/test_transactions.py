@@ -62,6 +62,28 @@ def test_an_atomic_block_takes_one_savepoint_and_fails_whole(registry):
         assert env["test.partner"].search([]).mapped("age") == [2]
 
 
+def test_an_atomic_block_that_begins_its_transaction_takes_no_savepoint(registry):
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement.split()[0].upper())
+
+    sa.event.listen(registry.engine, "before_cursor_execute", record)
+    try:
+        with registry.environment() as env:
+            with pytest.raises(ValidationError), env.cr.atomic():
+                env["test.tag"].create({"name": "undone"})
+                env["test.partner"].create({"name": "A", "age": -1})
+            with env.cr.atomic():
+                env["test.tag"].create({"name": "kept"})
+            assert "SAVEPOINT" not in seen
+    finally:
+        sa.event.remove(registry.engine, "before_cursor_execute", record)
+    with registry.environment() as env:
+        assert env["test.tag"].search([]).mapped("name") == ["kept"]
+        assert not env["test.partner"].search([])
+
+
 def test_commit_makes_other_transactions_visible(registry):
     """A new transaction sees what others committed. On SQLite a transaction holds the write
     lock until it ends (BEGIN IMMEDIATE), so each side ends its transaction before the

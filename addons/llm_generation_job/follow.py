@@ -83,8 +83,10 @@ def _look(env, job_id: int, after_seq: int) -> _Look:
     state = job.state
     queued = state == "queued"
     message = job.output_message_id
-    chunks = env["llm.generation.job.chunk"].search(
-        [("job_id", "=", job_id), ("seq", ">", after_seq)], order="seq"
+    chunks = env["llm.generation.job.chunk"].search_read(
+        [("job_id", "=", job_id), ("seq", ">", after_seq)],
+        ["seq", "kind", "content", "attempt"],
+        order="seq",
     )
     attempts = job.attempt_ids
     failed = [i for i, attempt in enumerate(attempts[:-1]) if attempt.outcome == "failed"]
@@ -99,7 +101,7 @@ def _look(env, job_id: int, after_seq: int) -> _Look:
         message=updates.message_payload(message) if message else None,
         error=job.error_message or "",
         retry_at=(job.next_retry_at or None) if job.error_kind == "retryable" else None,
-        chunks=chunks.read(["seq", "kind", "content", "attempt"]),
+        chunks=chunks,
         attempts=len(attempts),
         retried=retried,
     )

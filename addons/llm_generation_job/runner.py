@@ -228,7 +228,8 @@ class JobRunner:
                 ]
                 if self._provider_ids:
                     domain.append(("provider_id", "in", self._provider_ids))
-                providers = env["llm.generation.queue"].search(domain).mapped("provider_id")
+                queues = env["llm.generation.queue"].search_read(domain, ["provider_id"])
+                providers = env["llm.provider"].browse([q["provider_id"] for q in queues])
                 waiting = env["llm.generation.job"].read_group(
                     [
                         ("provider_id", "in", providers.ids),

@@ -78,6 +78,7 @@ JOB, ATTEMPT, QUEUE = "llm.generation.job", "llm.generation.job.attempt", "llm.g
 CHUNK, WORKER, BATCH = "llm.generation.job.chunk", "llm.generation.worker", "llm.generation.batch"
 USAGE, BUDGET = "llm.generation.usage", "llm.budget"
 HOLD_BACKS = 5  # a job held back for the provider's rate limit this often fails
+PROCESSED_EVERY = dt.timedelta(seconds=1)  # a queue's last_processed_at, to within this
 BATCH_SUBMIT_SECONDS = 300.0  # a submission not recorded by then is taken over
 # A batch still running this long after its submission (the providers' window is 24 hours)
 # will not end: its polls fail, or the provider lost it. Its jobs fail, to be retried.
@@ -364,7 +365,7 @@ class JobStore:
     ) -> list[Lease]:
         """Start as many queued jobs of the provider as its queue allows (at most ``limit``;
         among ``job_ids`` when given): each gets a lease and a new attempt row."""
-        queue = self.queue(provider_id).lock_for_update()
+        queue = self.queue(provider_id).lock_for_update(read=True)
         if not queue or not queue.enabled:
             return []
         running = self.jobs.search_count(
@@ -444,7 +445,8 @@ class JobStore:
                 for job in claimed
             ]
         )
-        queue.write({"last_processed_at": now})
+        if not queue.last_processed_at or now - queue.last_processed_at >= PROCESSED_EVERY:
+            queue.write({"last_processed_at": now})
         self._signal(PROGRESS, claimed.ids)
         leases = [
             Lease(job.id, token, attempt.id) for job, attempt in zip(claimed, attempts, strict=True)
@@ -550,21 +552,20 @@ class JobStore:
             data["response_cursor"] = cursor
             job.write_where(self._held(lease, cancelled_ok=True), {"provider_data": data})
 
-    def append(self, pieces: Sequence[Piece]) -> list[Lease]:
+    def append(self, pieces: Sequence[Piece], *, completed: bool = False) -> list[Lease]:
         """Log ``pieces`` of the streams whose leases still hold: their job rows are locked
         (one statement, no row rewritten: leases are renewed by ``renew``, at each beat), so
         nobody takes a lease over until the transaction ends; then one INSERT. Returns the
         leases that no longer hold (lost, or a cancellation requested: their streams must
-        stop, their pieces are dropped)."""
+        stop, their pieces are dropped). ``completed``: the pieces of streams that completed,
+        logged even when a cancellation was requested meanwhile (a completion wins)."""
         leases = list(dict.fromkeys(piece.lease for piece in pieces))
         if not leases:
             return []
         jobs = self.jobs.browse(sorted({lease.job_id for lease in leases}))
-        holding = [
-            *self._leases_domain(leases),
-            ("state", "=", "running"),
-            ("cancel_requested", "=", False),
-        ]
+        holding = [*self._leases_domain(leases), ("state", "=", "running")]
+        if not completed:
+            holding.append(("cancel_requested", "=", False))
         held_ids = set(jobs.lock_for_update(domain=holding).ids)
         held = {lease for lease in leases if lease.job_id in held_ids}
         self._log([piece for piece in pieces if piece.lease in held])

@@ -1,7 +1,9 @@
 """The stream engine's writer: one thread, one database connection at a time, recording what
 every stream of the worker did.
 
-Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends, one transaction:
+Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends, one transaction
+(two when a stream completed before its first piece was saved: its pieces are committed
+first, so that its follower sees the reply begin at once):
 
 - the background responses the streams began on are recorded (before their pieces), and a
   provider's word that its requests limit is spent holds every worker back (``throttle``);
@@ -113,6 +115,7 @@ class Writer:
         throttles = [(s, s.throttle) for s in streams if s.throttle]
         if not (pieces or ending or beat or responses or throttles):
             return
+        self._show_first_pieces(ending)
         try:
             with self.registry.environment() as env, env.cr.atomic():
                 store = JobStore(env)
@@ -123,7 +126,7 @@ class Writer:
                 for stream, seconds in throttles:
                     store.throttle(stream.prepared.provider_id, seconds)
                 lost = store.append(pieces)
-                results = self._record_all(env, store, ending)
+                results = self._record_all(env, store, ending) if ending else {}
                 if beat:
                     lost += self._beat(env, store, flowing)
         except DatabaseUnavailable:
@@ -147,6 +150,30 @@ class Writer:
             self._done(stream, result)
         for lease in dict.fromkeys(lost):
             self.engine.abort(lease, "fenced")
+
+    def _show_first_pieces(self, ending: list[Stream]) -> None:
+        """Commit, ahead of their ends, the pieces of streams that completed before their
+        first piece was saved (a short reply): its follower sees the reply begin without
+        waiting for the completion's transaction, and the log still holds the whole reply
+        when the completion's body is written."""
+        streams = [
+            stream
+            for stream in ending
+            if stream.outcome[0] == "complete"
+            and not stream.prepared.background  # (its response is recorded before pieces)
+            and any(piece.first for piece in self._unsaved.get(stream, ()))
+        ]
+        if not streams or self._unsure:  # (after an unsure commit: with the ends, as usual)
+            return
+        pieces = [piece for stream in streams for piece in self._unsaved[stream]]
+        try:
+            with self.registry.environment() as env, env.cr.atomic():
+                JobStore(env).append(pieces, completed=True)
+        except DatabaseUnavailable:
+            self._unsure = True  # it may have committed before the connection broke
+            raise
+        for stream in streams:  # (a lease lost meanwhile: its end is refused as well)
+            self._unsaved.pop(stream, None)
 
     def _take(self, stream: Stream) -> None:
         """The stream's new text becomes its next piece (unsaved until a flush commits)."""

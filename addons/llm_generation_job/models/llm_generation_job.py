@@ -65,7 +65,7 @@ class GenerationJob(models.Model):
     _description = "LLM generation job"
     _order = "create_date desc, id desc"
 
-    name = fields.Char(compute="_compute_name", store=True)
+    name = fields.Char(compute="_compute_name", store=True, precompute=True)
     thread_id = fields.Many2one("llm.thread", required=True, ondelete="cascade", index=True)
     provider_id = fields.Many2one("llm.provider", required=True, ondelete="cascade", index=True)
     model_id = fields.Many2one("llm.model", ondelete="set null")

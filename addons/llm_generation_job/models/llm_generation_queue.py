@@ -47,7 +47,7 @@ class GenerationQueue(models.Model):
         ("provider_unique", "unique(provider_id)", "A queue already exists for this provider."),
     ]
 
-    name = fields.Char(compute="_compute_name", store=True)
+    name = fields.Char(compute="_compute_name", store=True, precompute=True)
     provider_id = fields.Many2one("llm.provider", required=True, ondelete="cascade")
     enabled = fields.Boolean(default=True, help="Paused queues start no jobs")
     max_concurrent_jobs = fields.Integer(default=5)
@@ -114,7 +114,7 @@ class GenerationQueue(models.Model):
     adaptive_successes = fields.Integer()
     waiting_reason = fields.Char(help="Why its queued jobs are not started now")
     eligible_at = fields.Datetime(help="When they may start again")
-    last_processed_at = fields.Datetime()
+    last_processed_at = fields.Datetime(help="When a worker last started its jobs (to a second)")
     queued_jobs_count = fields.Integer(compute="_compute_counts")
     current_running_jobs = fields.Integer(
         compute="_compute_counts", help="Jobs running in workers (not those in provider batches)"
@@ -267,8 +267,8 @@ class GenerationQueue(models.Model):
     def _get_or_create_queue(self, provider_id):
         """The provider's queue (created enabled, with defaults, on first use)."""
         provider_id = getattr(provider_id, "id", provider_id)
-        queue = self.sudo().search([("provider_id", "=", provider_id)], limit=1)
-        return queue or self.sudo().create({"provider_id": provider_id})
+        provider = self.env["llm.provider"].sudo().browse(provider_id)
+        return provider.generation_queue_ids[:1] or self.sudo().create({"provider_id": provider_id})
 
     # -- processing --------------------------------------------------------------------------
     @api.model

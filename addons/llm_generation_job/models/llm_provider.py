@@ -20,13 +20,15 @@ cron, a user's status loop) after the job store checked that caller's rights.
 from __future__ import annotations
 
 from addons.llm_thread import wire
-from core import models
+from core import fields, models
 
 from ..execution import stream_job_in_worker
 
 
 class LLMProvider(models.Model):
     _inherit = "llm.provider"
+
+    generation_queue_ids = fields.One2many("llm.generation.queue", "provider_id", string="Queue")
 
     def _job_hook(self, hook: str):
         """The service's own implementation of ``hook``, or None."""

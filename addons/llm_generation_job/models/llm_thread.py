@@ -88,22 +88,24 @@ class LLMThread(models.Model):
     def _queue_generation(self, user_message, options, execution_mode=None):
         """Post the user message and queue a job for the reply (one transaction)."""
         self._check_generation_options(options)  # before anything is written
-        self.lock_for_update()  # "is a job active? then queue one", once per thread at a time
+        # "Is a job active? then queue one", once per thread at a time.
+        self.lock_for_update(read=True)
         self._refuse_if_generating()
-        input_message = (
-            self.message_post(body=user_message, llm_role="user")
-            if user_message
-            else self.env["llm.message"]
-        )
-        values = {
-            "thread_id": self.id,
-            "input_message_id": input_message.id or False,
-            "generation_inputs": {"user_message": user_message, "options": options},
-        }
-        if execution_mode:
-            values["execution_mode"] = execution_mode
-        job = self.env["llm.generation.job"].create(values)
-        job.action_queue()
+        with self.env.cr.atomic():
+            input_message = (
+                self.message_post(body=user_message, llm_role="user")
+                if user_message
+                else self.env["llm.message"]
+            )
+            values = {
+                "thread_id": self.id,
+                "input_message_id": input_message.id or False,
+                "generation_inputs": {"user_message": user_message, "options": options},
+            }
+            if execution_mode:
+                values["execution_mode"] = execution_mode
+            job = self.env["llm.generation.job"].create(values)
+            job.action_queue()
         return job
 
     def _refuse_if_generating(self):

@@ -109,9 +109,10 @@ class LLMThread(models.Model):
         if until:
             domain.append(("id", "<=", until.id))
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        for message in self.env["llm.message"].sudo().search(domain, order="id"):
-            if message.body:
-                messages.append({"role": message.llm_role, "content": message.body})
+        found = self.env["llm.message"].sudo().search_read(domain, ["llm_role", "body"], order="id")
+        for message in found:
+            if message["body"]:
+                messages.append({"role": message["llm_role"], "content": message["body"]})
         return messages
 
     # -- direct generation -----------------------------------------------------------------
