@@ -21,7 +21,9 @@ whole set; iterating gives one-record recordsets.
 
 Reading a field loads that column for all records of the recordset's *prefetch set* (the
 records the recordset came from: a search result, a browse) in one query, so looping over N
-records costs one query, not N. Writes go to the database at once and update the cache.
+records costs one query, not N. Writes go to the database at once and update the cache: one
+statement per call, whatever the number of records (``write_each`` gives each record its own
+values in one UPDATE), stored computed fields marked ``precompute`` in that same statement.
 """
 
 from __future__ import annotations

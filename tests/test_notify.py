@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from core import notify
 from core.notify import notifier_for
 
 from .conftest import TEST_ADDONS
+from .statements import statements
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDER = """
@@ -74,30 +73,21 @@ def test_a_transactions_payloads_go_out_in_one_notify_per_channel_when_it_commit
     a rolled back transaction's payloads go nowhere, and the cursor's next transaction sends
     its own."""
     notifier = notifier_for(registry)
-    notified: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        if "pg_notify" in statement:
-            notified.append(statement)
-
-    sa.event.listen(registry.engine, "before_cursor_execute", record)
-    try:
-        with registry.environment() as env:
-            since = notifier.generation("jobs", "1"), notifier.generation("other", "9")
-            notifier.send(env.cr, "jobs", 1)
-            notifier.send_many(env.cr, "jobs", [2, 1, 3])
-            notifier.send(env.cr, "other", 9)
-            assert not notified  # nothing sent before the commit
-            env.cr.rollback()
-            assert not notifier.wait("jobs", "1", since[0], timeout=0)
-            notifier.send(env.cr, "jobs", 1)
-            notifier.send_many(env.cr, "jobs", [2, 3])
-            notifier.send(env.cr, "other", 9)
-            env["test.tag"].create({"name": "a commit"})
-        assert notifier.wait("jobs", "1", since[0], timeout=0)
-        assert notifier.wait("other", "9", since[1], timeout=0)
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", record)
+    with statements(registry) as seen, registry.environment() as env:
+        since = notifier.generation("jobs", "1"), notifier.generation("other", "9")
+        notifier.send(env.cr, "jobs", 1)
+        notifier.send_many(env.cr, "jobs", [2, 1, 3])
+        notifier.send(env.cr, "other", 9)
+        assert not [s for s in seen if "pg_notify" in s]  # nothing sent before the commit
+        env.cr.rollback()
+        assert not notifier.wait("jobs", "1", since[0], timeout=0)
+        notifier.send(env.cr, "jobs", 1)
+        notifier.send_many(env.cr, "jobs", [2, 3])
+        notifier.send(env.cr, "other", 9)
+        env["test.tag"].create({"name": "a commit"})
+    assert notifier.wait("jobs", "1", since[0], timeout=0)
+    assert notifier.wait("other", "9", since[1], timeout=0)
+    notified = [s for s in seen if "pg_notify" in s]
     if registry.dialect == "postgresql":
         [statement] = notified
         assert statement.count("pg_notify(") == 2

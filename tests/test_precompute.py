@@ -6,27 +6,13 @@ any stored computed field."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import sqlalchemy as sa
 
 from core import RegistryError, ValidationError
 from core.fields import Field
 
-
-@contextlib.contextmanager
-def statements(registry):
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        seen.append(" ".join(statement.split()))
-
-    sa.event.listen(registry.engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", record)
+from .statements import statements
 
 
 def writes(seen: list[str], table: str = "test_task") -> list[str]:

@@ -1,9 +1,10 @@
 """Recordset API: create, browse, search, read, write, unlink and set operations."""
 
 import pytest
-import sqlalchemy as sa
 
 from core import Command, MissingError, ValidationError
+
+from .statements import statements
 
 
 @pytest.fixture
@@ -27,37 +28,19 @@ def test_create_list_returns_records_in_order_with_defaults(partners):
 
 
 def test_create_batches_into_one_insert(env, registry):
-    statements = []
-
-    def count(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("INSERT"):
-            statements.append(statement)
-
-    sa.event.listen(registry.engine, "before_cursor_execute", count)
-    try:
+    with statements(registry) as seen:
         env["test.tag"].create([{"name": f"t{i}"} for i in range(50)])
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", count)
-    assert len(statements) == 1
+    assert len([s for s in seen if s.startswith("INSERT")]) == 1
 
 
 def test_reading_a_field_on_many_records_costs_one_query(env, registry):
     env["test.tag"].create([{"name": f"t{i}"} for i in range(200)])
     env.cache.clear()
     tags = env["test.tag"].search([])
-    selects = []
-
-    def count(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(statement)
-
-    sa.event.listen(registry.engine, "before_cursor_execute", count)
-    try:
+    with statements(registry) as seen:
         names = [tag.name for tag in tags]
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", count)
     assert len(names) == 200
-    assert len(selects) == 1
+    assert len([s for s in seen if s.startswith("SELECT")]) == 1
 
 
 def test_write_updates_cache_and_database(env, partners):
@@ -233,20 +216,11 @@ def test_search_read_reads_what_it_finds_in_one_query(env, registry):
     ada = env["test.partner"].create({"name": "Ada", "age": 36})
     env["test.partner"].create([{"name": "Grace", "age": 45, "parent_id": ada.id}, {"name": "Al"}])
     env.cache.clear()
-    selects = []
-
-    def count(conn, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("SELECT"):
-            selects.append(statement)
-
-    sa.event.listen(registry.engine, "before_cursor_execute", count)
-    try:
+    with statements(registry) as seen:
         rows = env["test.partner"].search_read(
             [("age", ">", 30)], ["name", "age", "parent_id"], order="age desc", limit=5
         )
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", count)
-    assert len(selects) == 1
+    assert len([s for s in seen if s.startswith("SELECT")]) == 1
     assert rows == [
         {"id": rows[0]["id"], "name": "Grace", "age": 45, "parent_id": ada.id},
         {"id": ada.id, "name": "Ada", "age": 36, "parent_id": False},
@@ -258,16 +232,8 @@ def test_a_creation_looks_for_no_record_linking_to_the_new_ones(env, registry):
     yet, so its creation reads none; its parent's child count, found through the new
     record's own link, follows."""
     parent = env["test.partner"].create({"name": "Ada"})
-    seen = []
-
-    def record(conn, cursor, statement, *args):
-        seen.append(" ".join(statement.split()))
-
-    sa.event.listen(registry.engine, "before_cursor_execute", record)
-    try:
+    with statements(registry) as seen:
         child = env["test.partner"].create({"name": "Grace", "parent_id": parent.id})
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", record)
     assert not [s for s in seen if "FROM test_order" in s]
     assert parent.child_count == 1
     env["test.order"].create({"partner_id": child.id})

@@ -1,9 +1,10 @@
 """Units of work: commit on success, roll back everything on error."""
 
 import pytest
-import sqlalchemy as sa
 
 from core import Registry, RegistryError, ValidationError
+
+from .statements import statements
 
 
 def test_environment_commits_on_success(registry):
@@ -36,49 +37,31 @@ def test_a_failed_operation_inside_a_unit_leaves_earlier_work(registry):
 def test_an_atomic_block_takes_one_savepoint_and_fails_whole(registry):
     """Inside ``cr.atomic()`` the ORM's calls take no savepoint of their own; an error undoes
     the whole block, and only the block: what the transaction did before it stays."""
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        seen.append(statement.split()[0].upper())
-
-    sa.event.listen(registry.engine, "before_cursor_execute", record)
-    try:
-        with registry.environment() as env:
-            env["test.tag"].create({"name": "before"})
-            seen.clear()
+    with registry.environment() as env:
+        env["test.tag"].create({"name": "before"})
+        with statements(registry) as seen:
             with env.cr.atomic():
                 partner = env["test.partner"].create({"name": "A", "age": 1})
                 partner.write({"age": 2})
                 env["test.tag"].create({"name": "inside"})
-            assert seen.count("SAVEPOINT") == 1
+            assert sum(s.startswith("SAVEPOINT") for s in seen) == 1
             with pytest.raises(ValidationError), env.cr.atomic():
                 env["test.tag"].create({"name": "undone"})
                 partner.write({"age": -5})
             assert partner.age == 2
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", record)
     with registry.environment() as env:
         assert env["test.tag"].search([]).mapped("name") == ["before", "inside"]
         assert env["test.partner"].search([]).mapped("age") == [2]
 
 
 def test_an_atomic_block_that_begins_its_transaction_takes_no_savepoint(registry):
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        seen.append(statement.split()[0].upper())
-
-    sa.event.listen(registry.engine, "before_cursor_execute", record)
-    try:
-        with registry.environment() as env:
-            with pytest.raises(ValidationError), env.cr.atomic():
-                env["test.tag"].create({"name": "undone"})
-                env["test.partner"].create({"name": "A", "age": -1})
-            with env.cr.atomic():
-                env["test.tag"].create({"name": "kept"})
-            assert "SAVEPOINT" not in seen
-    finally:
-        sa.event.remove(registry.engine, "before_cursor_execute", record)
+    with registry.environment() as env, statements(registry) as seen:
+        with pytest.raises(ValidationError), env.cr.atomic():
+            env["test.tag"].create({"name": "undone"})
+            env["test.partner"].create({"name": "A", "age": -1})
+        with env.cr.atomic():
+            env["test.tag"].create({"name": "kept"})
+        assert not [s for s in seen if s.startswith("SAVEPOINT")]
     with registry.environment() as env:
         assert env["test.tag"].search([]).mapped("name") == ["kept"]
         assert not env["test.partner"].search([])

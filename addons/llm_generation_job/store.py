@@ -489,7 +489,8 @@ class JobStore:
         jobs in one UPDATE."""
         held = [lease for lease in leases if lease in self._claimed or self._hold(lease)]
         jobs = self.jobs.browse([lease.job_id for lease in held])
-        self.env[ATTEMPT].browse([lease.attempt_id for lease in held]).mapped("number")
+        attempts = self.env[ATTEMPT].browse([lease.attempt_id for lease in held])
+        attempts.mapped("number")  # their numbers, in one query (_started reads them)
         again = jobs.filtered("output_message_id")
         again.mapped("output_message_id").write({"body": "", "state": "streaming", "error": False})
         first = jobs - again
@@ -511,6 +512,7 @@ class JobStore:
         return [started.get(lease) for lease in leases]
 
     def _started(self, lease: Lease) -> ReplyStart:
+        """Where the stream of an attempt whose reply is ready begins (see start_reply)."""
         job = self.jobs.browse(lease.job_id)
         reply = job.output_message_id
         attempt = self.env[ATTEMPT].browse(lease.attempt_id).number
