@@ -615,11 +615,18 @@ class BaseModel:
         table, cache = self._table_obj, self.env.cache
         if columns is None:
             columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
-        query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
-        where = table.c.id.in_(self._ids)
-        if not self.env.su:
-            where = sa.and_(where, self._where([], "read"))
-        rows = self.env.cr.execute(query.where(where)).all()
+        if self.env.su:  # no record rules: the same statement every time
+            query = self._statement(
+                ("fetch", *(f.name for f in columns)),
+                lambda: sa.select(table.c.id, *(table.c[f.name] for f in columns)).where(
+                    table.c.id.in_(sa.bindparam("ids", expanding=True))
+                ),
+            )
+            rows = self.env.cr.execute(query, {"ids": list(self._ids)}).all()
+        else:
+            query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
+            where = sa.and_(table.c.id.in_(self._ids), self._where([], "read"))
+            rows = self.env.cr.execute(query.where(where)).all()
         for index, field in enumerate(columns, start=1):
             convert = field.convert_from_column
             cache.update(field, {row[0]: convert(row[index]) for row in rows})
@@ -892,10 +899,29 @@ class BaseModel:
             # SQLAlchemy cannot batch an *ordered* RETURNING on SQLite and would insert row by
             # row. SQLite gives the rows of a write-locked transaction increasing rowids, in
             # the order they are inserted, so sorting the ids restores the rows' order.
-            statement = sa.insert(table).returning(table.c.id)
+            statement = self._statement(
+                ("insert", "sqlite"), lambda: sa.insert(table).returning(table.c.id)
+            )
             return tuple(sorted(self._execute_write(statement, rows).scalars()))
-        statement = sa.insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        statement = self._statement(
+            ("insert",),
+            lambda: sa.insert(table).returning(table.c.id, sort_by_parameter_order=True),
+        )
         return tuple(self._execute_write(statement, rows).scalars())
+
+    @classmethod
+    def _statement(cls, key: tuple, build: Callable[[], Any]) -> Any:
+        """The statement ``key`` of this model, built once: the ORM's frequent statements
+        whose only varying parts are bound parameters are not built again at each call
+        (SQLAlchemy's building and cache-key computing cost more than its execution)."""
+        statements = cls.__dict__.get("_statements")
+        if statements is None:
+            statements = {}
+            cls._statements = statements  # (of this built class: of one registry)
+        statement = statements.get(key)
+        if statement is None:
+            statement = statements[key] = build()
+        return statement
 
     def _check_field_names(self, vals: dict[str, Any]) -> None:
         for name in vals:
@@ -1049,6 +1075,8 @@ class BaseModel:
                     common[field] = values[ids[0]]
                 else:
                     varying[field] = values
+        if not varying and condition is None:
+            return self._update_common(common, ids)
         params = {f.name: f.convert_to_column(v) for f, v in common.items()}
         written: set[int] = set()
         for chunk in _chunks(ids, CASE_CHUNK_SIZE if varying else CHUNK_SIZE):
@@ -1072,6 +1100,28 @@ class BaseModel:
         for field, by_id in varying.items():
             cache.update(field, {id_: by_id[id_] for id_ in written})
         return written
+
+    def _update_common(self, columns: dict[Field, Any], ids: Sequence[int]) -> set[int]:
+        """``_update`` of the same values (``columns``, cache values) on every record of
+        ``ids``, by a statement built once per set of fields."""
+        table, names = self._table_obj, tuple(sorted(field.name for field in columns))
+        statement = self._statement(
+            ("update", *names),
+            lambda: (
+                sa.update(table)
+                .where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+                .values(
+                    {name: sa.bindparam(f"new_{name}", type_=table.c[name].type) for name in names}
+                )
+            ),
+        )
+        values = {f"new_{f.name}": f.convert_to_column(v) for f, v in columns.items()}
+        for chunk in _chunks(ids):
+            self._execute_write(statement, {"ids": list(chunk), **values})
+        cache = self.env.cache
+        for field, value in columns.items():
+            cache.update(field, dict.fromkeys(ids, value))
+        return set(ids)
 
     def write_where(self, domain: Sequence, vals: dict[str, Any]) -> BaseModel:
         """Write ``vals`` on the records of this set that still match ``domain``, and return
