@@ -388,7 +388,7 @@ class BaseModel:
             else [name for name, field in self._fields.items() if field.type != "binary"]
         )
         columns = [field for field in map(self._field, names) if field.column]
-        table, cache = self._table_obj, self.env.cache
+        table = self._table_obj
         query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
         query = query.where(self._where(domain)).order_by(*self._order_by(order or self._order))
         if limit:
@@ -396,9 +396,7 @@ class BaseModel:
         if offset:
             query = query.offset(offset)
         rows = self.env.cr.execute(query).all()
-        for index, field in enumerate(columns, start=1):
-            convert = field.convert_from_column
-            cache.update(field, {row[0]: convert(row[index]) for row in rows})
+        self._cache_rows(columns, rows)
         return self._browse(tuple(row[0] for row in rows)).read(names)
 
     def search_count(self, domain: Sequence = ()) -> int:
@@ -612,7 +610,7 @@ class BaseModel:
 
     def _fetch_columns(self, required_id: int, columns: Sequence[Field] | None = None) -> None:
         """Load ``columns`` (default: all but binaries) of these records into the cache."""
-        table, cache = self._table_obj, self.env.cache
+        table = self._table_obj
         if columns is None:
             columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
         if self.env.su:  # no record rules: the same statement every time
@@ -627,15 +625,20 @@ class BaseModel:
             query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
             where = sa.and_(table.c.id.in_(self._ids), self._where([], "read"))
             rows = self.env.cr.execute(query.where(where)).all()
-        for index, field in enumerate(columns, start=1):
-            convert = field.convert_from_column
-            cache.update(field, {row[0]: convert(row[index]) for row in rows})
+        self._cache_rows(columns, rows)
         denied = not self.env.su and required_id not in {row[0] for row in rows}
         if denied and self._browse((required_id,)).exists():
             raise AccessError(
                 f"You are not allowed to read this '{self._name}' record "
                 f"(record rules restrict your read access)."
             )
+
+    def _cache_rows(self, columns: Sequence[Field], rows: Sequence[Any]) -> None:
+        """Cache ``rows`` read from the database: each row an id, then ``columns``' values."""
+        cache = self.env.cache
+        for index, field in enumerate(columns, start=1):
+            convert = field.convert_from_column
+            cache.update(field, {row[0]: convert(row[index]) for row in rows})
 
     def _fetch_x2many(self, field: Field) -> None:
         cache, cr = self.env.cache, self.env.cr
@@ -877,7 +880,7 @@ class BaseModel:
         """Read these records (those matching ``condition``) into the cache, their rows
         locked until the transaction ends, so that what is computed from them stays right;
         returns the ids of the records read."""
-        table, cache = self._table_obj, self.env.cache
+        table = self._table_obj
         columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
         found: set[int] = set()
         for chunk in _chunks(self._ids):
@@ -886,9 +889,7 @@ class BaseModel:
             if condition is not None:
                 query = query.where(condition)
             rows = self.env.cr.execute(query.with_for_update()).all()
-            for index, field in enumerate(columns, start=1):
-                convert = field.convert_from_column
-                cache.update(field, {row[0]: convert(row[index]) for row in rows})
+            self._cache_rows(columns, rows)
             found.update(row[0] for row in rows)
         return tuple(id_ for id_ in self._ids if id_ in found)
 
@@ -1201,9 +1202,8 @@ class BaseModel:
             )
             rows = self.env.cr.execute(query).all()
             found.update(row[0] for row in rows)
-            for index, field in enumerate(columns if read else (), start=1):
-                convert = field.convert_from_column
-                self.env.cache.update(field, {row[0]: convert(row[index]) for row in rows})
+            if read:
+                self._cache_rows(columns, rows)
         return self._browse(tuple(i for i in self._ids if i in found), self._prefetch_ids)
 
     def invalidate_recordset(self, fnames: Iterable[str] | None = None) -> None:

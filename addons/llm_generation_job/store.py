@@ -279,16 +279,11 @@ class JobStore:
         self.env = env(su=True)
         self.jobs = self.env[JOB]
         self.notifier = notifier_for(env.registry)
-        self._queues: dict[int, Any] = {}  # provider id -> its queue, looked up once
         self._claimed: set[Lease] = set()  # by this store, in its transaction
 
     def queue(self, provider_id: int):
-        """The provider's queue (created on first use)."""
-        queue = self._queues.get(provider_id)
-        if queue is None:
-            queue = self.env[QUEUE]._get_or_create_queue(provider_id)
-            self._queues[provider_id] = queue
-        return queue
+        """The provider's queue (created on first use; read once per transaction)."""
+        return self.env[QUEUE]._get_or_create_queue(provider_id)
 
     # -- fences --------------------------------------------------------------------------------
     @staticmethod
@@ -653,37 +648,29 @@ class JobStore:
             },
         )
         held = set(done.ids)
-        completed = [c for c in completions if c.lease.job_id in held]
+        completed = [
+            (c, done.browse(c.lease.job_id)) for c in completions if c.lease.job_id in held
+        ]
         by_fields: dict[tuple[str, ...], list[tuple[int, dict[str, Any]]]] = {}
-        for completion in completed:
-            message = self.jobs.browse(completion.lease.job_id).output_message_id
+        for completion, job in completed:
             values = completion.message_values
-            if message:
-                by_fields.setdefault(tuple(sorted(values)), []).append((message.id, values))
+            if job.output_message_id:
+                reply = (job.output_message_id.id, values)
+                by_fields.setdefault(tuple(sorted(values)), []).append(reply)
         for group in by_fields.values():
             messages = self.env["llm.message"].browse([message_id for message_id, _ in group])
             messages.write_each([values for _, values in group])
-        self._log([piece for completion in completed for piece in completion.tail], now)
-        self._end_attempts(
-            [
-                (
-                    self.jobs.browse(c.lease.job_id),
-                    self.env[ATTEMPT].browse(c.lease.attempt_id),
-                    Spent.reported(c.usage)
-                    or self._estimate(
-                        self.jobs.browse(c.lease.job_id), c.message_values.get("body") or ""
-                    ),
-                )
-                for c in completed
-            ],
-            "completed",
-            now,
-        )
-        for completion in completed:
-            job = self.jobs.browse(completion.lease.job_id)
+        self._log([piece for completion, _ in completed for piece in completion.tail], now)
+        ends = []
+        for completion, job in completed:
+            body = completion.message_values.get("body") or ""
+            spent = Spent.reported(completion.usage) or self._estimate(job, body)
+            ends.append((job, self.env[ATTEMPT].browse(completion.lease.attempt_id), spent))
+        self._end_attempts(ends, "completed", now)
+        for completion, job in completed:
             self._provider_answered(job, ok=True, remaining=completion.remaining)
         self._signal(PROGRESS, held)
-        return {completion.lease for completion in completed}
+        return {completion.lease for completion, _ in completed}
 
     def fail(
         self,

@@ -198,7 +198,9 @@ class Writer:
         completing = [stream for stream in ending if stream.outcome[0] == "complete"]
         try:
             with env.cr.atomic():
-                completed = store.complete_many([self._completion(s) for s in completing])
+                completed = store.complete_many(
+                    [_completion(s, self._unsaved.get(s, [])) for s in completing]
+                )
                 results = {s: "completed" if s.lease in completed else "lost" for s in completing}
                 for stream in ending:
                     if stream not in results:
@@ -208,11 +210,6 @@ class Writer:
             raise
         except Exception:  # one end is broken: each end alone, to keep the others
             return {stream: self._record(env, store, stream) for stream in ending}
-
-    def _completion(self, stream: Stream) -> Completion:
-        values = reply_values(stream.text, stream.usage, stream.finish)
-        tail = self._unsaved.get(stream, [])
-        return Completion(stream.lease, values, tail, stream.usage, stream.remaining)
 
     def _record(self, env, store: JobStore, stream: Stream) -> str:
         """Record the stream's end, all or nothing: an end that cannot be recorded (a bug) is
@@ -250,13 +247,17 @@ class Writer:
         stream.recorded.set()
 
 
+def _completion(stream: Stream, tail: list[Piece]) -> Completion:
+    """A completed stream's reply, with the pieces of its log not saved yet."""
+    values = reply_values(stream.text, stream.usage, stream.finish)
+    return Completion(stream.lease, values, tail, stream.usage, stream.remaining)
+
+
 def _record_end(store: JobStore, stream: Stream, tail: list[Piece]) -> str:
     kind, *details = stream.outcome
     lease, text = stream.lease, stream.text
     if kind == "complete":
-        values = reply_values(stream.text, stream.usage, stream.finish)
-        completed = store.complete(lease, values, tail, stream.usage, stream.remaining)
-        return "completed" if completed else "lost"
+        return "completed" if store.complete_many([_completion(stream, tail)]) else "lost"
     if kind == "fail":
         message, retryable, *rest = details
         retry_after = rest[0] if rest else None
