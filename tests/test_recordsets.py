@@ -227,6 +227,24 @@ def test_search_read_reads_what_it_finds_in_one_query(env, registry):
     ]
 
 
+def test_search_fetch_finds_records_with_their_fields_in_one_query(env, registry):
+    ada = env["test.partner"].create({"name": "Ada", "age": 36})
+    env["test.partner"].create([{"name": "Grace", "age": 45}, {"name": "Al", "age": 7}])
+    env.cache.clear()
+    with statements(registry) as seen:
+        found = env["test.partner"].search_fetch([("age", ">", 30)], ["name"], order="age")
+        names = found.mapped("name")
+    assert len(seen) == 1 and names == ["Ada", "Grace"] and found[0] == ada
+    with statements(registry) as seen:
+        assert found.mapped("age") == [36, 45]  # not fetched: read on demand
+    assert len(seen) == 1
+    env.cache.clear()
+    with statements(registry) as seen:
+        everything = env["test.partner"].search_fetch([("name", "=", "Al")], limit=1)
+        assert (everything.name, everything.age, everything.active) == ("Al", 7, True)
+    assert len(seen) == 1
+
+
 def test_a_creation_looks_for_no_record_linking_to_the_new_ones(env, registry):
     """Orders follow their partner's name (``partner_id.name``): a new partner has no orders
     yet, so its creation reads none; its parent's child count, found through the new

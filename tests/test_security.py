@@ -53,6 +53,15 @@ def test_users_see_only_their_own_records_and_managers_see_all(secured):
         assert sorted(env["test.note"].search([]).mapped("name")) == ["alice's", "bob's"]
 
 
+def test_search_fetch_and_search_read_keep_to_the_record_rules(secured):
+    registry, ids = secured
+    with registry.environment(user=ids["alice"]) as env:
+        assert env["test.note"].search_fetch([], ["name"]).mapped("name") == ["alice's"]
+        assert [row["name"] for row in env["test.note"].search_read([], ["name"])] == ["alice's"]
+        with pytest.raises(AccessError):  # what the search did not find is still denied
+            env["test.note"].browse(ids["bob_note"]).name
+
+
 def test_reading_another_users_record_by_id_is_denied(secured):
     registry, ids = secured
     with registry.environment(user=ids["alice"]) as env:

@@ -189,14 +189,14 @@ def candidates(env, queue, domain: list, free: int, order: str):
     """Up to ``free`` queued jobs to start, in the order the queue serves them."""
     jobs = env["llm.generation.job"]
     if queue.fair_share != "user":
-        return jobs.search(domain, order=order, limit=free)
-    top = jobs.search(domain, order=order, limit=1)
+        return jobs.search_fetch(domain, order=order, limit=free)
+    top = jobs.search_fetch(domain, order=order, limit=1)
     if not top:
         return top
     domain = [*domain, ("priority", "=", top.priority)]
     users = [g["user_id"] for g in jobs.read_group(domain, ["user_id"], ["__count"])]
     per_user = {
-        user: list(jobs.search([*domain, ("user_id", "=", user)], order=order, limit=free))
+        user: list(jobs.search_fetch([*domain, ("user_id", "=", user)], order=order, limit=free))
         for user in users
     }
     served = _served(env, queue, users)

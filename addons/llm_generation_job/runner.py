@@ -245,23 +245,32 @@ class JobRunner:
                 with_jobs = {group["provider_id"] for group in waiting}
                 providers = providers.browse([i for i in providers.ids if i in with_jobs])
                 streaming = {p.id for p in providers if p._streams_in_worker()}
-            started = 0
+            filled = False  # a claim took all it asked for: its queue may hold more
             for provider_id in providers.ids:
                 free = self.free_slots()
                 if free <= 0:
                     break
-                started += self._claim_provider(provider_id, free, provider_id in streaming)
-            if not started:
-                return
+                filled |= self._claim_provider(provider_id, free, provider_id in streaming) == free
+            if not filled:  # every queue gave less than asked: nothing more is waiting now
+                return  # (a job queued since wakes the dispatcher: its signal came after)
 
     def _claim_provider(self, provider_id: int, free: int, streams: bool) -> int:
         """Claim and prepare up to ``free`` jobs of the provider in one transaction, then
         start them; returns how many were claimed."""
         with self.registry.environment() as env:
-            store = JobStore(env)
-            with env.cr.atomic():
-                leases = store.claim(provider_id, self.worker, limit=free)
-            prepared = self._prepare_all(env, store, leases) if streams else []
+            try:
+                # The transaction's first unit: no savepoint, an error rolls it all back.
+                with env.cr.atomic():
+                    store = JobStore(env)
+                    leases = store.claim(provider_id, self.worker, limit=free)
+                    prepared = prepare_many(store, leases) if streams else []
+            except DatabaseUnavailable:
+                raise
+            except Exception:  # one attempt cannot be prepared: claimed again, each alone
+                store = JobStore(env)
+                with env.cr.atomic():
+                    leases = store.claim(provider_id, self.worker, limit=free)
+                prepared = [self._prepare(env, store, lease) for lease in leases] if streams else []
         if not streams:
             for lease in leases:
                 self.submit(lease)
@@ -269,17 +278,6 @@ class JobRunner:
             if attempt is not None:
                 self.engine.submit(attempt)
         return len(leases)
-
-    @classmethod
-    def _prepare_all(cls, env, store: JobStore, leases: list[Lease]) -> list:
-        """``prepare`` the attempts together; when one cannot be prepared, each alone."""
-        try:
-            with env.cr.atomic():
-                return prepare_many(store, leases)
-        except DatabaseUnavailable:
-            raise
-        except Exception:  # one of them fails: each alone, so that it fails alone
-            return [cls._prepare(env, store, lease) for lease in leases]
 
     @staticmethod
     def _prepare(env, store: JobStore, lease: Lease):

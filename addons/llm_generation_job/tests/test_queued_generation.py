@@ -19,6 +19,9 @@ def wait_for(predicate, timeout=10.0):
     raise AssertionError("condition not reached in time")
 
 
+DONE = {"completed", "failed", "cancelled"}
+
+
 def job_state(registry, job_id):
     with registry.environment(readonly=True) as env:
         return env["llm.generation.job"].browse(job_id).state
@@ -62,6 +65,32 @@ def test_consumer_that_stops_listening_does_not_stop_the_job(registry, runner, s
         stream.close()
         job_id = thread.generation_job_ids.id
     wait_for(lambda: job_state(registry, job_id) == "completed")
+
+
+def test_a_job_that_cannot_be_prepared_fails_alone_and_its_claim_goes_on(
+    registry, runner, sim_thread
+):
+    """Jobs claimed together are prepared together; when one cannot be (it names no model,
+    and its provider has no default one), it fails alone and the others of that claim run."""
+    with registry.environment() as env:
+        thread = env["llm.thread"].browse(sim_thread)
+        thread.model_id.active = False  # named by the thread and its jobs, no default
+        jobs = env["llm.generation.job"].create(
+            [{"thread_id": thread.id, "generation_inputs": {"prompt": p}} for p in ("a", "b")]
+        )
+        jobs[1].model_id = False
+        for job in jobs:
+            job.action_queue()  # one commit: the runner claims both at once
+        good, bad = jobs.ids
+    wait_for(lambda: {job_state(registry, good), job_state(registry, bad)} <= DONE)
+    with registry.environment(readonly=True) as env:
+        good_job, bad_job = env["llm.generation.job"].browse([good, bad])
+        assert good_job.state == "completed", good_job.error_message
+        assert good_job.output_message_id.body == reply_text("a", 20)
+        assert good_job.attempt_ids.mapped("outcome") == ["completed"]
+        assert bad_job.state == "failed" and bad_job.error_kind == "permanent"
+        assert "has no chat model" in bad_job.error_message
+        assert len(bad_job.attempt_ids) == 1 and not bad_job.output_message_id
 
 
 def test_a_busy_thread_refuses_a_second_generation(registry, sim_thread):

@@ -162,7 +162,10 @@ class SimulatorServer:
         if self._socket is not None:
             raise RuntimeError("The simulator is already running.")
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP said outright: asyncio sets TCP_NODELAY on the accepted connections
+        # only for a socket that says it is TCP, and without it Nagle's algorithm holds a
+        # response's small writes back for the client's delayed ACK (40 ms a request).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self._requested_port))

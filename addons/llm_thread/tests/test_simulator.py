@@ -322,6 +322,23 @@ def test_delays_pace_the_stream(make_simulator):
     assert arrivals[-1] < 1.0
 
 
+def test_an_unpaced_stream_is_not_held_back_by_nagle(openai_server):
+    """The simulator answers at once, as a provider does: with Nagle's algorithm on its
+    sockets, each streamed response's last small write waits for the client's delayed ACK
+    (40 ms a request on Linux); 20 one-token streams on one kept-alive connection then take
+    at least 0.8 s, against a few milliseconds."""
+    path, body = REQUESTS["openai"]
+    body = {**body, "stream": True, "messages": [{"role": "user", "content": "[sim:tokens=1]"}]}
+    with httpx.Client(timeout=5) as client:
+        client.post(openai_server.url + path, json=body).raise_for_status()  # connected
+        started = time.monotonic()
+        for _ in range(20):
+            with client.stream("POST", openai_server.url + path, json=body) as response:
+                assert [line for line in response.iter_lines() if line][-1] == "data: [DONE]"
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.5, f"20 one-token streams took {elapsed:.2f} s"
+
+
 def test_a_cut_drops_the_connection_mid_body(openai_server):
     with pytest.raises(httpx.RemoteProtocolError):
         chat(openai_server, "Hi [sim:cut_after=2]", stream=True)
