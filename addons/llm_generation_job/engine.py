@@ -50,10 +50,11 @@ from .writer import Writer
 
 _logger = logging.getLogger(__name__)
 
-STREAMS_PER_CLIENT = 32
-"""httpcore's pool walks all its connections, polling the idle ones' sockets, each time a
-response closes: one client for hundreds of streams costs O(n²) CPU. Each client serves a
-few dozen slots; keep-alive connections are reused within each."""
+STREAMS_PER_CLIENT = 4
+"""httpcore's pool walks all its connections, polling the idle ones' sockets, for every
+request it queues and each time a response closes: one client for many streams costs O(n²)
+CPU (a claim's requests arrive together). Each client serves a few slots (with 32, the walk
+took a seventh of a 1-token job's CPU); keep-alive connections are reused within each."""
 
 
 class Stream:
