@@ -3,7 +3,8 @@
 ::
 
     dispatcher thread   wakes on "job queued" (NOTIFY / in-process signal) or every
-                        poll_interval; takes back expired leases and requeues due retries,
+                        poll_interval (a busy worker claims at most every CLAIM_INTERVAL);
+                        takes back expired leases and requeues due retries,
                         then, queue by queue, claims jobs for the free slots and prepares
                         their attempts in the same transaction (store.py, execution.py) and
                         hands them to the engine
@@ -57,6 +58,10 @@ _logger = logging.getLogger(__name__)
 _ACTIVE: dict[int, JobRunner] = {}
 CLAIM_GRACE = 10.0  # seconds a stop waits for a claim in flight, whatever its timeout
 HOOK_THREADS = 4  # provider job hooks (create_generation_job overrides) run at once
+CLAIM_INTERVAL = 0.02
+"""Seconds between two claims of a busy worker (one running jobs): the slots its streams free
+meanwhile are claimed together, in one transaction, not one claim each (each claim reads
+its queue, its limits and its budgets). An idle worker claims at once."""
 
 
 def active_runner(registry: Registry) -> JobRunner | None:
@@ -82,6 +87,7 @@ class JobRunner:
         self.registry = registry
         self.concurrency = concurrency
         self.poll_interval = poll_interval
+        self._claimed_at = 0.0  # (monotonic) the last claim that started jobs
         self.queues = queues
         self.worker = worker_name()
         self.notifier = notifier_for(registry)
@@ -207,6 +213,8 @@ class JobRunner:
                 _logger.exception("Claiming generation jobs failed; trying again shortly")
                 self._stopping.wait(1)
             self.notifier.wait(QUEUED, "", since, self.poll_interval)
+            if self.engine.running():  # busy: the slots freed meanwhile are claimed together
+                self._stopping.wait(max(self._claimed_at + CLAIM_INTERVAL - time.monotonic(), 0))
 
     def _maintenance(self) -> None:
         with self.registry.environment() as env:
@@ -246,11 +254,16 @@ class JobRunner:
                 providers = providers.browse([i for i in providers.ids if i in with_jobs])
                 streaming = {p.id for p in providers if p._streams_in_worker()}
             filled = False  # a claim took all it asked for: its queue may hold more
+            started = 0
             for provider_id in providers.ids:
                 free = self.free_slots()
                 if free <= 0:
                     break
-                filled |= self._claim_provider(provider_id, free, provider_id in streaming) == free
+                claimed = self._claim_provider(provider_id, free, provider_id in streaming)
+                started += claimed
+                filled |= claimed == free
+            if started:
+                self._claimed_at = time.monotonic()
             if not filled:  # every queue gave less than asked: nothing more is waiting now
                 return  # (a job queued since wakes the dispatcher: its signal came after)
 
