@@ -1,9 +1,10 @@
 """The stream engine's writer: one thread, one database connection at a time, recording what
 every stream of the worker did.
 
-Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends, one transaction
-(two when a stream completed before its first piece was saved: its pieces are committed
-first, so that its follower sees the reply begin at once):
+Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends (a busy writer,
+one that flushed less than URGENT_GAP ago, waits out the gap: what comes meanwhile goes in the
+same flush), one transaction (two when a stream completed before its first piece was saved:
+its pieces are committed first, so that its follower sees the reply begin at once):
 
 - the background responses the streams began on are recorded (before their pieces), and a
   provider's word that its requests limit is spent holds every worker back (``throttle``);
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.05
+URGENT_GAP = 0.01
+"""Seconds at least between two flushes: a first piece or an end is flushed at once, unless
+the writer flushed less than this ago (it is busy: the others that come meanwhile go in the
+same transaction, not one each)."""
 BEAT_SECONDS = min(2.0, LEASE_SECONDS / 3)
 _RETRY_MAX = 2.0
 SHUTDOWN_REASON = "The worker shut down during the attempt."
@@ -56,6 +61,7 @@ class Writer:
         self._urgent = False
         self._stopping = False
         self._unsure = False  # the last commit failed: what it wrote is unknown
+        self._flushed_at = 0.0  # (monotonic) the end of the last flush that wrote
         self._unsaved: dict[Stream, list[Piece]] = {}
         self._last_seq: dict[Stream, int] = {}
         self._thread = threading.Thread(target=self._run, name="llmjobs-writer", daemon=True)
@@ -83,7 +89,12 @@ class Writer:
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._urgent or self._stopping, delay)
-                self._urgent, stopping = False, self._stopping
+                stopping = self._stopping
+            gap = self._flushed_at + URGENT_GAP - time.monotonic()
+            if gap > 0 and not stopping:  # busy: what else ends meanwhile goes in this flush
+                time.sleep(gap)
+            with self._condition:
+                self._urgent = False
             now, requested = time.monotonic(), self.notifier.generation(CANCEL)
             beat = now >= next_beat or requested != cancels
             try:
@@ -133,6 +144,7 @@ class Writer:
             self._unsure = True  # it may have committed before the connection broke
             raise
         self._unsure = False
+        self._flushed_at = time.monotonic()
         for stream in responses:
             stream.response_saved = True
         for stream, _ in throttles:
