@@ -294,14 +294,20 @@ class Peer:
 
 # -- the scenarios -------------------------------------------------------------------------
 def one_token_jobs(kind: str, fast_url: str, folder: Path, jobs: int, results: dict) -> None:
-    for workers in (1, 4):
+    """Jobs a second (and failures), with the workers' CPU and PostgreSQL's a job (ms)."""
+
+    def measured(workers, run, *args) -> tuple:
+        seconds, worker_cpu, pg_cpu, failed = costs(workers, kind, run, *args)
+        pg_ms = None if pg_cpu is None else pg_cpu / jobs * 1000
+        return jobs / seconds, failed, worker_cpu / jobs * 1000, pg_ms
+
+    for count in (1, 4):
         with database(kind, folder) as url:
             ours = Ours(url, fast_url, folder, limit=64)
             try:
-                ours.start(workers, concurrency=16)
+                workers = ours.start(count, concurrency=16)
                 ours.run(16, "warm-up")
-                seconds, failed = ours.run(jobs, "x")
-                results[("a", kind, "llmjobs", workers)] = (jobs / seconds, failed)
+                results[("a", kind, "llmjobs", count)] = measured(workers, ours.run, jobs, "x")
             finally:
                 ours.close()
         if kind != "postgresql":
@@ -309,16 +315,19 @@ def one_token_jobs(kind: str, fast_url: str, folder: Path, jobs: int, results: d
         with database(kind, folder) as url:
             peer = Peer(url, folder)
             try:
-                peer.start("procrastinate", workers, concurrency=16)
+                workers = peer.start("procrastinate", count, concurrency=16)
                 args = [{"url": fast_url, "prompt": "x"}] * jobs
                 peer.run("generate", args[:16])
-                seconds, failed = peer.run("generate", args)
-                results[("a", kind, "procrastinate + httpx", workers)] = (jobs / seconds, failed)
-                seconds, failed = peer.run("noop", [{}] * jobs)
-                results[("a", kind, "procrastinate no-op", workers)] = (jobs / seconds, failed)
+                results[("a", kind, "procrastinate + httpx", count)] = measured(
+                    workers, peer.run, "generate", args
+                )
+                results[("a", kind, "procrastinate no-op", count)] = measured(
+                    workers, peer.run, "noop", [{}] * jobs
+                )
             finally:
                 peer.close()
-            results[("a", kind, "SKIP LOCKED floor", workers)] = (peer.floor(jobs * 5, workers), 0)
+            floor = (peer.floor(jobs * 5, count), 0, None, None)
+            results[("a", kind, "SKIP LOCKED floor", count)] = floor
 
 
 def streams(kind: str, paced_url: str, folder: Path, counts: list[int], results: dict) -> None:
@@ -327,9 +336,9 @@ def streams(kind: str, paced_url: str, folder: Path, counts: list[int], results:
         with database(kind, folder) as url:
             ours = Ours(url, paced_url, folder, limit=count)
             try:
-                [worker] = ours.start(1, concurrency=count)
+                workers = ours.start(1, concurrency=count)
                 results[("b", kind, "llmjobs", count)] = costs(
-                    worker, kind, ours.run, count, prompt
+                    workers, kind, ours.run, count, prompt
                 )
             finally:
                 ours.close()
@@ -338,11 +347,11 @@ def streams(kind: str, paced_url: str, folder: Path, counts: list[int], results:
         with database(kind, folder) as url:
             peer = Peer(url, folder)
             try:
-                [worker] = peer.start("procrastinate", 1, concurrency=count)
+                workers = peer.start("procrastinate", 1, concurrency=count)
                 time.sleep(2)  # the worker is up
                 args = [{"url": paced_url, "prompt": prompt}] * count
                 results[("b", kind, "procrastinate + httpx", count)] = costs(
-                    worker, kind, peer.run, "generate", args
+                    workers, kind, peer.run, "generate", args
                 )
             finally:
                 peer.close()
@@ -376,13 +385,13 @@ def memory(fast_url: str, folder: Path, first: int, then: int, results: dict) ->
             ours.close()
 
 
-def costs(worker: subprocess.Popen, kind: str, run, *args) -> tuple:
-    """``run(*args)``'s (seconds, failures) with the worker's CPU and PostgreSQL's (None on
+def costs(workers: list[subprocess.Popen], kind: str, run, *args) -> tuple:
+    """``run(*args)``'s (seconds, failures) with the workers' CPU and PostgreSQL's (None on
     SQLite, or when the server's processes cannot be read) over it."""
-    before = cpu_seconds(worker.pid)
+    before = sum(cpu_seconds(worker.pid) for worker in workers)
     pg_before = postgres_cpu() if kind == "postgresql" else None
     seconds, failed = run(*args)
-    worker_cpu = cpu_seconds(worker.pid) - before
+    worker_cpu = sum(cpu_seconds(worker.pid) for worker in workers) - before
     pg_after = postgres_cpu() if pg_before is not None else None
     pg_cpu = None if pg_after is None or pg_before is None else pg_after - pg_before
     return seconds, worker_cpu, pg_cpu, failed
@@ -402,7 +411,7 @@ def report(results: dict) -> None:
     def fmt(value, unit=""):
         return "n/a" if value is None else f"{value:.2f}{unit}"
 
-    print("\n(a) 1-token jobs per second (failures)")
+    print("\n(a) 1-token jobs per second (failures); CPU a job")
     for kind in ("postgresql", "sqlite"):
         for workers in (1, 4):
             rows = {k[2]: v for k, v in results.items() if k[:2] == ("a", kind) and k[3] == workers}
@@ -410,11 +419,15 @@ def report(results: dict) -> None:
                 continue
             ours = rows.get("llmjobs", (0, 0))[0]
             line = ", ".join(
-                f"{name} {rate:.0f} ({failed})" for name, (rate, failed) in rows.items()
+                f"{name} {rate:.0f} ({failed})" for name, (rate, failed, *_) in rows.items()
             )
             peer = rows.get("procrastinate + httpx")
             ratio = f"  -> llmjobs / procrastinate+httpx = {ours / peer[0]:.2f}x" if peer else ""
             print(f"  {kind}, {workers} worker(s): {line}{ratio}")
+            for name, (_, _, worker_ms, pg_ms) in rows.items():
+                if worker_ms is not None:
+                    cpu = f"workers' CPU {worker_ms:.2f} ms, PostgreSQL's {fmt(pg_ms)} ms"
+                    print(f"      {name}: {cpu} a job")
     print("\n(b) paced streams at once on one worker: wall, worker CPU, PostgreSQL CPU (s)")
     for kind in ("postgresql", "sqlite"):
         for key, value in results.items():
