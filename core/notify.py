@@ -8,7 +8,9 @@ when (and only if) the transaction commits:
   all of a transaction's payloads, in one statement just before it commits; received by one LISTEN
   connection per process whose thread wakes the local waiters — any machine sharing the
   database hears it;
-- in every process, through a post-commit hook that wakes local waiters directly.
+- in every process, through a post-commit hook that wakes local waiters directly. A NOTIFY
+  says which notifier sent it, and that notifier's listener drops it when it comes back: its
+  waiters were woken once, at the commit, and a second wake-up would only cost them a look.
 
 SQLite has no NOTIFY: another process's signals cannot be heard. For the channels named in
 ``watch_commits``, a thread reads SQLite's ``PRAGMA data_version`` every WATCH_INTERVAL and
@@ -27,6 +29,7 @@ import functools
 import itertools
 import logging
 import re
+import secrets
 import threading
 import weakref
 from collections import defaultdict
@@ -67,6 +70,9 @@ class Notifier:
         self._watcher: threading.Thread | None = None
         self._channels: set[str] = set()
         self._stop = threading.Event()
+        # Prefixed to this notifier's NOTIFY payloads ("<origin>|<payloads>"): its own come
+        # back to its listener, which drops them.
+        self._origin = secrets.token_hex(6)
         # The payloads of each open transaction, sent when it commits (see send_many).
         self._pending: weakref.WeakKeyDictionary[Cursor, tuple[int, dict[str, dict[str, None]]]] = (
             weakref.WeakKeyDictionary()
@@ -97,7 +103,7 @@ class Notifier:
             texts = list(payloads)
             for start in range(0, len(texts), _PAYLOADS_PER_NOTIFY):
                 batch = ",".join(texts[start : start + _PAYLOADS_PER_NOTIFY])
-                notifies.append(sa.func.pg_notify(channel, batch))
+                notifies.append(sa.func.pg_notify(channel, f"{self._origin}|{batch}"))
         for start in range(0, len(notifies), _NOTIFIES_PER_STATEMENT):
             cr.execute(sa.select(*notifies[start : start + _NOTIFIES_PER_STATEMENT]))
 
@@ -215,7 +221,9 @@ class Notifier:
                             connection.execute(f"LISTEN {channel}")
                             listening.add(channel)
                         for notification in connection.notifies(timeout=0.5):
-                            self._signal_each(notification.channel, notification.payload.split(","))
+                            origin, _, payloads = notification.payload.rpartition("|")
+                            if origin != self._origin:  # (its own: signalled at the commit)
+                                self._signal_each(notification.channel, payloads.split(","))
             except psycopg.Error as exc:  # the outage is logged once, by core.database
                 availability.lost("the notification listener lost its connection")
                 _logger.debug("Notification listener: %s; reconnecting", type(exc).__name__)

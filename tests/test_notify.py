@@ -93,3 +93,25 @@ def test_a_transactions_payloads_go_out_in_one_notify_per_channel_when_it_commit
         assert statement.count("pg_notify(") == 2
     else:
         assert not notified
+
+
+def test_a_notifier_is_woken_once_by_its_own_commit_and_by_others_notifications(registry, db_url):
+    """Its own NOTIFY comes back to its listener, which drops it: its waiters were woken at
+    the commit. Another notifier's (another process's) wakes them."""
+    notifier = notifier_for(registry)
+    notifier.listen("test_wakeup")
+    time.sleep(0.2)  # the listener is up
+    with registry.environment() as env:
+        since = notifier.generation("test_wakeup", "5")
+        notifier.send(env.cr, "test_wakeup", 5)
+    assert notifier.wait("test_wakeup", "5", since, timeout=0)  # at the commit
+    once = notifier.generation("test_wakeup", "5")
+    assert not notifier.wait("test_wakeup", "5", once, timeout=1)  # and not again
+    if registry.dialect != "postgresql":
+        return
+    since = notifier.generation("test_wakeup", "7")
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, db_url, str(TEST_ADDONS)], cwd=ROOT)
+    try:
+        assert notifier.wait("test_wakeup", "7", since, timeout=60)
+    finally:
+        assert sender.wait(timeout=60) == 0
