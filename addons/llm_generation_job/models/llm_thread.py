@@ -86,12 +86,13 @@ class LLMThread(models.Model):
         )
 
     def _queue_generation(self, user_message, options, execution_mode=None):
-        """Post the user message and queue a job for the reply (one transaction)."""
-        self._check_generation_options(options)  # before anything is written
-        # "Is a job active? then queue one", once per thread at a time.
-        self.lock_for_update(read=True)
-        self._refuse_if_generating()
+        """Post the user message and queue a job for the reply (one unit of work: when it
+        begins the transaction, no savepoint)."""
         with self.env.cr.atomic():
+            self._check_generation_options(options)  # before anything is written
+            # "Is a job active? then queue one", once per thread at a time.
+            self.lock_for_update(read=True)
+            self._refuse_if_generating()
             input_message = (
                 self.message_post(body=user_message, llm_role="user")
                 if user_message
