@@ -91,14 +91,15 @@ class Writer:
                 self._condition.wait_for(lambda: self._urgent or self._stopping, delay)
                 stopping = self._stopping
             gap = self._flushed_at + URGENT_GAP - time.monotonic()
-            if gap > 0 and not stopping:  # busy: what else ends meanwhile goes in this flush
+            busy = gap > 0
+            if busy and not stopping:  # what else ends meanwhile goes in this flush
                 time.sleep(gap)
             with self._condition:
                 self._urgent = False
             now, requested = time.monotonic(), self.notifier.generation(CANCEL)
             beat = now >= next_beat or requested != cancels
             try:
-                self.flush(beat)
+                self.flush(beat, busy)
             except DatabaseUnavailable:  # core.database logs the outage, once
                 delay = min(max(delay * 2, 0.25), _RETRY_MAX)
             except Exception:
@@ -115,7 +116,9 @@ class Writer:
         return any(not stream.recorded.is_set() for stream in self.engine._streams())
 
     # -- one flush ---------------------------------------------------------------------------
-    def flush(self, beat: bool) -> None:
+    def flush(self, beat: bool, busy: bool = False) -> None:
+        """One flush (``beat``: leases renewed too); a ``busy`` writer records a short
+        reply's pieces with its end, in one transaction, not first."""
         streams = self.engine._streams()
         ending = [s for s in streams if s.outcome is not None and not s.recorded.is_set()]
         for stream in streams:
@@ -126,7 +129,8 @@ class Writer:
         throttles = [(s, s.throttle) for s in streams if s.throttle]
         if not (pieces or ending or beat or responses or throttles):
             return
-        self._show_first_pieces(ending)
+        if not busy:
+            self._show_first_pieces(ending)
         try:
             with self.registry.environment() as env, env.cr.atomic():
                 store = JobStore(env)
