@@ -3,8 +3,9 @@ every stream of the worker did.
 
 Every FLUSH_INTERVAL, and at once when a stream has its first piece or ends (a busy writer,
 one that flushed less than URGENT_GAP ago, waits out the gap: what comes meanwhile goes in the
-same flush), one transaction (two when a stream completed before its first piece was saved:
-its pieces are committed first, so that its follower sees the reply begin at once):
+same flush), one transaction; two when a stream completed before its first piece was saved and
+the writer is not busy: its pieces are committed first, so that its follower sees the reply
+begin at once (a busy writer records them with the end). Each flush:
 
 - the background responses the streams began on are recorded (before their pieces), and a
   provider's word that its requests limit is spent holds every worker back (``throttle``);
