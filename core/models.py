@@ -385,7 +385,7 @@ class BaseModel:
         binaries) read by the same query into the cache (Odoo's ``search_fetch``): reading
         them from the records found costs no other statement."""
         if field_names is None:
-            columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
+            columns = self._fetched_columns()
         else:
             columns = [field for field in map(self._field, field_names) if field.column]
         table = self._table_obj
@@ -628,7 +628,7 @@ class BaseModel:
         """Load ``columns`` (default: all but binaries) of these records into the cache."""
         table = self._table_obj
         if columns is None:
-            columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
+            columns = self._fetched_columns()
         if self.env.su:  # no record rules: the same statement every time
             query = self._statement(
                 ("fetch", *(f.name for f in columns)),
@@ -897,7 +897,7 @@ class BaseModel:
         locked until the transaction ends, so that what is computed from them stays right;
         returns the ids of the records read."""
         table = self._table_obj
-        columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
+        columns = self._fetched_columns()
         found: set[int] = set()
         for chunk in _chunks(self._ids):
             query = sa.select(table.c.id, *(table.c[f.name] for f in columns))
@@ -925,6 +925,15 @@ class BaseModel:
             lambda: sa.insert(table).returning(table.c.id, sort_by_parameter_order=True),
         )
         return tuple(self._execute_write(statement, rows).scalars())
+
+    @classmethod
+    def _fetched_columns(cls) -> tuple[Field, ...]:
+        """The stored fields a fetch of records reads: every column but binaries."""
+        columns = cls.__dict__.get("_fetched")
+        if columns is None:
+            columns = tuple(f for f in cls._fields.values() if f.column and f.type != "binary")
+            cls._fetched = columns  # (of this built class: of one registry)
+        return columns
 
     @classmethod
     def _statement(cls, key: tuple, build: Callable[[], Any]) -> Any:
@@ -1206,7 +1215,7 @@ class BaseModel:
         self.check_access("write")
         table, found = self._table_obj, set()
         condition = compile_domain(self, domain)
-        columns = [f for f in self._fields.values() if f.column and f.type != "binary"]
+        columns = self._fetched_columns()
         if read and not self.env.su:
             condition = sa.and_(condition, self._where([], "read"))
         self.invalidate_recordset()
