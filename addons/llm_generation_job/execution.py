@@ -82,9 +82,8 @@ def prepare_many(store: JobStore, leases: Sequence[Lease]) -> list[PreparedAttem
     together; an error of one raises for all (the caller prepares each alone then)."""
     jobs = store.jobs.browse([lease.job_id for lease in leases])
     requests = []
-    for job in jobs:
+    for job, (messages, model, options) in zip(jobs, jobs._generation_requests(), strict=True):
         provider = job.provider_id
-        messages, model, options = job._generation_request()
         wired = provider._wire_stream(messages, model, **options)
         deadline = store.queue(provider.id).attempt_deadline_seconds
         requests.append((job, messages, model, options, wired, deadline))

@@ -342,13 +342,23 @@ class GenerationJob(models.Model):
         """What the job asks its provider for: the conversation, the model's name and the
         request options."""
         self.ensure_one()
-        messages = self.thread_id._conversation(until=self.input_message_id)
-        inputs = self.generation_inputs or {}
-        if not self.input_message_id and inputs.get("prompt"):
-            # A job created with a prompt rather than a posted message (the contract's
-            # "Create a job" example): the prompt is the user's turn.
-            messages.append({"role": "user", "content": str(inputs["prompt"])})
-        return messages, self.model_id.name or None, dict(inputs.get("options") or {})
+        return self._generation_requests()[0]
+
+    def _generation_requests(self) -> list[tuple[list[dict], str | None, dict]]:
+        """``_generation_request`` of each job, in order, their conversations read in one
+        query."""
+        threads = self.env["llm.thread"].browse([job.thread_id.id for job in self])
+        conversations = threads._conversations([job.input_message_id.id or None for job in self])
+        requests = []
+        for job, messages in zip(self, conversations, strict=True):
+            inputs = job.generation_inputs or {}
+            if not job.input_message_id and inputs.get("prompt"):
+                # A job created with a prompt rather than a posted message (the contract's
+                # "Create a job" example): the prompt is the user's turn.
+                messages.append({"role": "user", "content": str(inputs["prompt"])})
+            options = dict(inputs.get("options") or {})
+            requests.append((messages, job.model_id.name or None, options))
+        return requests
 
     def _queue_position(self) -> int:
         """1 + the queued jobs of the same provider that a worker will take before this one."""

@@ -30,7 +30,7 @@ import functools
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,15 +105,36 @@ class LLMThread(models.Model):
         """The messages to send: the system prompt, then the finished messages in order (up
         to and including ``until`` when given)."""
         self.ensure_one()
-        domain = [("thread_id", "=", self.id), ("state", "=", "done")]
-        if until:
-            domain.append(("id", "<=", until.id))
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        found = self.env["llm.message"].sudo().search_read(domain, ["llm_role", "body"], order="id")
+        return self._conversations([until.id if until else None])[0]
+
+    def _conversations(self, until: Sequence[int | None]) -> list[list[dict[str, str]]]:
+        """``_conversation`` of each thread of ``self`` (one may come more than once), up to
+        the message id at the same place in ``until`` (None: all), in one query: a worker
+        prepares the jobs it claims together."""
+        domain = [("thread_id", "in", list(set(self.ids))), ("state", "=", "done")]
+        if None not in until:
+            domain.append(("id", "<=", max(until, default=0)))
+        found = (
+            self.env["llm.message"]
+            .sudo()
+            .search_fetch(domain, ["thread_id", "llm_role", "body"], "id")
+        )
+        by_thread: dict[int, list] = {}
         for message in found:
-            if message["body"]:
-                messages.append({"role": message["llm_role"], "content": message["body"]})
-        return messages
+            if message.body:
+                by_thread.setdefault(message.thread_id.id, []).append(message)
+        conversations = []
+        for thread, last in zip(self, until, strict=True):
+            system = [{"role": "system", "content": thread.system_prompt}]
+            conversations.append(
+                (system if thread.system_prompt else [])
+                + [
+                    {"role": message.llm_role, "content": message.body}
+                    for message in by_thread.get(thread.id, ())
+                    if last is None or message.id <= last
+                ]
+            )
+        return conversations
 
     # -- direct generation -----------------------------------------------------------------
     def generate_response(self, user_message=None, **options) -> Iterator[dict[str, Any]]:

@@ -4,6 +4,7 @@ import pytest
 
 from addons.llm_thread.simulator import reply_text
 from core import UserError
+from tests.statements import statements
 
 PROTOCOLS = ["openai", "anthropic", "ollama"]
 
@@ -193,6 +194,35 @@ def test_failed_replies_stay_out_of_the_next_conversation(registry, make_thread,
             reply_text("b", 20)[:1],
         ]
         assert thread.message_ids.mapped("state") == ["done", "error", "done", "done"]
+
+
+def test_conversations_of_many_threads_are_read_in_one_query(registry, make_thread, openai_server):
+    """A worker prepares the jobs it claims together: each gets its own thread's messages,
+    up to its own last message (the same thread may come twice), in one query."""
+    first = make_thread(openai_server, system_prompt="Be brief.")
+    with registry.environment() as env:
+        one = env["llm.thread"].browse(first)
+        two = one.create({"name": "two", "provider_id": one.provider_id.id})
+        second = two.id
+        a = one.message_post("a")
+        one.message_post("draft", llm_role="assistant", state="streaming")
+        b = one.message_post("b")
+        two.message_post("c")
+        with statements(registry) as seen:
+            conversations = (
+                env["llm.thread"].browse([first, second, first])._conversations([a.id, None, b.id])
+            )
+        assert conversations == [
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"}],
+            [{"role": "user", "content": "c"}],
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+            ],
+        ]
+        assert len([s for s in seen if "FROM llm_message" in s]) == 1
+        assert one._conversation(until=a) == conversations[0]
 
 
 def test_generation_commits_its_progress(registry, make_thread, openai_server):
