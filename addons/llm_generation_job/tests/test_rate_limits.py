@@ -160,6 +160,7 @@ def test_an_adaptive_queue_settles_near_the_providers_limit(registry, limited, r
 
 
 @pytest.mark.slow
+@pytest.mark.clock  # a minute and more of waiting: it runs beside the other slow tests
 @pytest.mark.timeout(240)
 def test_four_workers_under_60_requests_a_minute_send_at_most_60_in_any_minute(
     registry, limited, start_workers
