@@ -2,7 +2,7 @@
 
 import pytest
 
-from core import AccessError
+from core import AccessError, ValidationError
 from core.security import SecurityPolicy
 
 from .addon_factory import write_addon
@@ -138,6 +138,20 @@ def test_passwords_are_hashed_and_checked(secured):
         assert env["res.users"].authenticate("alice", "correct horse") == ids["alice"]
         with pytest.raises(AccessError, match="Wrong login or password"):
             env["res.users"].authenticate("alice", "wrong")
+
+
+def test_a_blank_login_is_refused_and_nothing_is_written(secured):
+    registry, ids = secured
+    with registry.environment() as env:
+        users = env["res.users"]
+        refused = "A user needs a login, the name they sign in with; it cannot be blank"
+        for blank in ("", "   "):
+            with pytest.raises(ValidationError, match=refused):
+                users.create({"name": "Carol", "login": blank})
+        with pytest.raises(ValidationError, match="needs a login"):
+            users.browse(ids["alice"]).write({"login": " "})
+        assert users.search_count([("name", "=", "Carol")]) == 0
+        assert users.browse(ids["alice"]).login == "alice"
 
 
 ACCESS_HEADER = "id,name,model_id:id,group_id:id,perm_read,perm_write,perm_create,perm_unlink\n"

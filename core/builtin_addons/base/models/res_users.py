@@ -69,6 +69,14 @@ class Users(models.Model):
                     )
                 )
 
+    @api.constrains("login")
+    def _check_login(self):
+        for user in self:
+            if not (user.login or "").strip():
+                raise ValidationError(
+                    "A user needs a login, the name they sign in with; it cannot be blank."
+                )
+
     def set_password(self, password: str) -> None:
         if not password or len(password) < 8:
             raise ValidationError("A password needs at least 8 characters.")
