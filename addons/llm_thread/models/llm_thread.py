@@ -111,7 +111,7 @@ class LLMThread(models.Model):
         """``_conversation`` of each thread of ``self`` (one may come more than once), up to
         the message id at the same place in ``until`` (None: all), in one query: a worker
         prepares the jobs it claims together."""
-        domain = [("thread_id", "in", list(set(self.ids))), ("state", "=", "done")]
+        domain = [("thread_id", "in", list(dict.fromkeys(self.ids))), ("state", "=", "done")]
         if None not in until:
             domain.append(("id", "<=", max(until, default=0)))
         found = (
