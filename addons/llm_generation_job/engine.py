@@ -5,7 +5,8 @@ event loop, every write of theirs made by one writer thread.
 
     event loop thread   a task per attempt: the provider's answer on shared
                         httpx.AsyncClients (pooled keep-alive connections; HTTP/2 where the
-                        provider offers it over TLS), read by the protocol's decoder (wire/);
+                        provider offers it over TLS; plain HTTP on wire/http1.py's lean
+                        transport), read by the protocol's decoder (wire/);
                         an addon's own service (its ``<service>_chat``) runs in a thread of its
                         own and feeds the task. Cancelling a task stops its stream at once,
                         even while the provider sends nothing: for a requested cancellation, a
@@ -42,6 +43,7 @@ from addons.llm_thread.wire.events import (
     TextDelta,
     Usage,
 )
+from addons.llm_thread.wire.http1 import plain_http_mounts
 from core.registry import Registry
 
 from .execution import PreparedAttempt, describe_failure
@@ -139,7 +141,13 @@ class StreamEngine:
     async def _open_clients(self) -> None:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=STREAMS_PER_CLIENT)
         self._clients = [
-            httpx.AsyncClient(verify=_tls_context(), limits=limits, timeout=None, http2=_http2())
+            httpx.AsyncClient(
+                verify=_tls_context(),
+                limits=limits,
+                timeout=None,
+                http2=_http2(),
+                mounts=plain_http_mounts(max_idle=STREAMS_PER_CLIENT),
+            )
             for _ in range(max(1, -(-self.slots // STREAMS_PER_CLIENT)))
         ]
 

@@ -1,6 +1,7 @@
 """The asynchronous driver of the wire protocols gives what the synchronous one gives — the
 same events, the same classified errors — for every protocol and fault; it bounds each read
-by its timeout, and a cancelled stream closes its connection at once."""
+by its timeout, and a cancelled stream closes its connection at once. All of it on httpx's
+own transport (httpcore) and on the worker's lean one for plain HTTP (wire/http1.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from addons.llm_thread.wire import (
     astream_chat,
     stream_chat,
 )
+from addons.llm_thread.wire.http1 import HTTP1Transport
 
 from .test_wire import KEY, MODELS
 
@@ -37,6 +39,14 @@ SCENARIOS = [
 @pytest.fixture(params=list(PROTOCOLS))
 def server(request):
     return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(params=["httpcore", "http1"])
+def async_client(request):
+    """``httpx.AsyncClient`` on one transport or the other."""
+    if request.param == "httpcore":
+        return httpx.AsyncClient
+    return lambda **options: httpx.AsyncClient(mounts={"http://": HTTP1Transport()}, **options)
 
 
 def request_of(server, text, **extra):
@@ -86,31 +96,31 @@ async def async_collect(client, server, text, **extra):
     return events, None
 
 
-def async_outcome(server, text):
+def async_outcome(async_client, server, text):
     async def run():
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with async_client(timeout=5) as client:
             return await async_collect(client, server, text)
 
     return outcome(asyncio.run(run()))
 
 
 @pytest.mark.parametrize("text", SCENARIOS)
-def test_the_async_driver_gives_what_the_sync_one_gives(server, text):
-    assert async_outcome(server, text) == sync_outcome(server, text)
+def test_the_async_driver_gives_what_the_sync_one_gives(async_client, server, text):
+    assert async_outcome(async_client, server, text) == sync_outcome(server, text)
 
 
-def test_a_slow_read_is_a_retryable_timeout(server):
+def test_a_slow_read_is_a_retryable_timeout(async_client, server):
     async def run():
-        async with httpx.AsyncClient() as client:
+        async with async_client() as client:
             return await async_collect(client, server, "Hi [sim:first_token_delay=2]", timeout=0.3)
 
     events, error = asyncio.run(run())
     assert not events and error.retryable and "Timed out" in error.message
 
 
-def test_a_cancelled_stream_closes_its_connection_at_once(server):
+def test_a_cancelled_stream_closes_its_connection_at_once(async_client, server):
     async def run():
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with async_client(timeout=30) as client:
             task = asyncio.create_task(
                 async_collect(client, server, "Hi [sim:first_token_delay=20] think")
             )
@@ -124,11 +134,11 @@ def test_a_cancelled_stream_closes_its_connection_at_once(server):
     assert server.wait_idle(timeout=5)["disconnects"] == 1
 
 
-def test_the_key_is_sent_and_never_shown(make_simulator):
+def test_the_key_is_sent_and_never_shown(async_client, make_simulator):
     server = make_simulator("openai", api_key=KEY)
 
     async def run(key):
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with async_client(timeout=5) as client:
             return await async_collect(client, server, "Hi", api_key=key)
 
     events, error = asyncio.run(run(KEY))
@@ -193,7 +203,7 @@ class OnceServer:
         self.socket.close()
 
 
-@pytest.mark.parametrize("driver", ["sync", "async"])
+@pytest.mark.parametrize("driver", ["sync", "async", "async on http1"])
 def test_a_request_on_a_connection_the_server_closed_is_sent_again(driver):
     server = OnceServer()
     args = {
@@ -210,9 +220,10 @@ def test_a_request_on_a_connection_the_server_closed_is_sent_again(driver):
                     events = list(stream_chat("openai", client, **args))
                     assert events[0] == TextDelta("hi")
         else:
+            mounts = {"http://": HTTP1Transport()} if driver == "async on http1" else None
 
             async def run():
-                async with httpx.AsyncClient(timeout=5) as client:
+                async with httpx.AsyncClient(timeout=5, mounts=mounts) as client:
                     for _ in range(3):
                         events = [e async for e in astream_chat("openai", client, **args)]
                         assert events[0] == TextDelta("hi")
