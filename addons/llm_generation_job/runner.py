@@ -237,10 +237,10 @@ class JobRunner:
                 if self._provider_ids:
                     domain.append(("provider_id", "in", self._provider_ids))
                 queues = env["llm.generation.queue"].search_read(domain, ["provider_id"])
-                providers = env["llm.provider"].browse([q["provider_id"] for q in queues])
+                queued = [queue["provider_id"] for queue in queues]
                 waiting = env["llm.generation.job"].read_group(
                     [
-                        ("provider_id", "in", providers.ids),
+                        ("provider_id", "in", queued),
                         ("state", "=", "queued"),
                         ("execution_mode", "!=", "batch"),  # the status cron sends those
                         "|",
@@ -251,15 +251,14 @@ class JobRunner:
                     ["__count"],
                 )
                 with_jobs = {group["provider_id"] for group in waiting}
-                providers = providers.browse([i for i in providers.ids if i in with_jobs])
-                streaming = {p.id for p in providers if p._streams_in_worker()}
+                provider_ids = [i for i in queued if i in with_jobs]
             filled = False  # a claim took all it asked for: its queue may hold more
             started = 0
-            for provider_id in providers.ids:
+            for provider_id in provider_ids:
                 free = self.free_slots()
                 if free <= 0:
                     break
-                claimed = self._claim_provider(provider_id, free, provider_id in streaming)
+                claimed = self._claim_provider(provider_id, free)
                 started += claimed
                 filled |= claimed == free
             if started:
@@ -267,19 +266,23 @@ class JobRunner:
             if not filled:  # every queue gave less than asked: nothing more is waiting now
                 return  # (a job queued since wakes the dispatcher: its signal came after)
 
-    def _claim_provider(self, provider_id: int, free: int, streams: bool) -> int:
+    def _claim_provider(self, provider_id: int, free: int) -> int:
         """Claim and prepare up to ``free`` jobs of the provider in one transaction, then
-        start them; returns how many were claimed."""
+        start them (streamed by the engine, or run by the provider's job hook); returns how
+        many were claimed."""
         with self.registry.environment() as env:
+            provider = env["llm.provider"].sudo().browse(provider_id)
             try:
                 # The transaction's first unit: no savepoint, an error rolls it all back.
                 with env.cr.atomic():
+                    streams = provider._streams_in_worker()  # (read once for the claim)
                     store = JobStore(env)
                     leases = store.claim(provider_id, self.worker, limit=free)
                     prepared = prepare_many(store, leases) if streams else []
             except DatabaseUnavailable:
                 raise
             except Exception:  # one attempt cannot be prepared: claimed again, each alone
+                streams = provider._streams_in_worker()
                 store = JobStore(env)
                 with env.cr.atomic():
                     leases = store.claim(provider_id, self.worker, limit=free)

@@ -59,7 +59,7 @@ import datetime as dt
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,10 +280,18 @@ class JobStore:
         self.jobs = self.env[JOB]
         self.notifier = notifier_for(env.registry)
         self._claimed: set[Lease] = set()  # by this store, in its transaction
+        self._queues: dict[int, Any] = {}  # the queues this store found, by provider
 
     def queue(self, provider_id: int):
-        """The provider's queue (created on first use; read once per transaction)."""
-        return self.env[QUEUE]._get_or_create_queue(provider_id)
+        """The provider's queue (created on first use), its fields read by the statement that
+        finds it; looked for once by this store."""
+        queue = self._queues.get(provider_id)
+        if queue is None:
+            queue = self.env[QUEUE]._find_queue(provider_id)
+            if not queue:  # not kept: a unit that fails takes the new queue back
+                return self.env[QUEUE]._get_or_create_queue(provider_id)
+            self._queues[provider_id] = queue
+        return queue
 
     # -- fences --------------------------------------------------------------------------------
     @staticmethod
@@ -568,9 +576,9 @@ class JobStore:
         self._log([piece for piece in pieces if piece.lease in held])
         return [lease for lease in leases if lease not in held]
 
-    def _log(self, pieces: Sequence[Piece], now: dt.datetime | None = None) -> None:
-        """Insert ``pieces``; an attempt's first piece stamps its ``first_token_at`` (``now``:
-        the moment of the transaction's other stamps, e.g. the attempt's end)."""
+    def _log(self, pieces: Sequence[Piece], stamp_firsts: bool = True) -> None:
+        """Insert ``pieces``; an attempt's first piece stamps its ``first_token_at`` (unless
+        the caller stamps it with the attempt's end: ``stamp_firsts`` False)."""
         if not pieces:
             return
         self.env[CHUNK].create(
@@ -586,8 +594,8 @@ class JobStore:
             ]
         )
         firsts = [p.lease.attempt_id for p in pieces if p.first]
-        if firsts:
-            self.env[ATTEMPT].browse(firsts).write({"first_token_at": now or _now()})
+        if firsts and stamp_firsts:
+            self.env[ATTEMPT].browse(firsts).write({"first_token_at": _now()})
         self._signal(PROGRESS, [p.lease.job_id for p in pieces])
 
     def forget_logs(self, finished_before: dt.datetime, limit: int) -> int:
@@ -660,13 +668,15 @@ class JobStore:
         for group in by_fields.values():
             messages = self.env["llm.message"].browse([message_id for message_id, _ in group])
             messages.write_each([values for _, values in group])
-        self._log([piece for completion, _ in completed for piece in completion.tail], now)
+        tails = [piece for completion, _ in completed for piece in completion.tail]
+        self._log(tails, stamp_firsts=False)
         ends = []
         for completion, job in completed:
             body = completion.message_values.get("body") or ""
             spent = Spent.reported(completion.usage) or self._estimate(job, body)
             ends.append((job, self.env[ATTEMPT].browse(completion.lease.attempt_id), spent))
-        self._end_attempts(ends, "completed", now)
+        firsts = {piece.lease.attempt_id for piece in tails if piece.first}
+        self._end_attempts(ends, "completed", now, first_tokens=firsts)
         for completion, job in completed:
             self._provider_answered(job, ok=True, remaining=completion.remaining)
         self._signal(PROGRESS, held)
@@ -1587,19 +1597,21 @@ class JobStore:
         now: dt.datetime,
         *,
         error: str | None = None,
+        first_tokens: Collection[int] = (),
     ) -> None:
         """End the running ones of the attempts of each ``(job, attempts, spent)`` in
         ``outcome``, and write what each spent to the usage ledger (``spent``; estimated from
-        its stream log when None): an UPDATE and an INSERT for them all."""
+        its stream log when None): an UPDATE and an INSERT for them all (an UPDATE more when
+        some of them, ``first_tokens``, got their first piece with their end: it stamps
+        them)."""
         jobs = {attempt_id: job for job, attempts, _ in ends for attempt_id in attempts.ids}
         spent = {attempt_id: used for _, attempts, used in ends for attempt_id in attempts.ids}
-        closed = (
-            self.env[ATTEMPT]
-            .browse(list(jobs))
-            .write_where(
-                [("outcome", "=", "running")],
-                {"outcome": outcome, "ended_at": now, "error_message": error or False},
-            )
+        attempts = self.env[ATTEMPT].browse(list(jobs))
+        values = {"outcome": outcome, "ended_at": now, "error_message": error or False}
+        running = [("outcome", "=", "running")]
+        firsts = attempts.filtered(lambda attempt: attempt.id in first_tokens)
+        closed = (attempts - firsts).write_where(running, values) | firsts.write_where(
+            running, {**values, "first_token_at": now}
         )
         rows = []
         for attempt in closed:

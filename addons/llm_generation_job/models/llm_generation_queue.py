@@ -267,8 +267,14 @@ class GenerationQueue(models.Model):
     def _get_or_create_queue(self, provider_id):
         """The provider's queue (created enabled, with defaults, on first use)."""
         provider_id = getattr(provider_id, "id", provider_id)
-        provider = self.env["llm.provider"].sudo().browse(provider_id)
-        return provider.generation_queue_ids[:1] or self.sudo().create({"provider_id": provider_id})
+        return self._find_queue(provider_id) or self.sudo().create({"provider_id": provider_id})
+
+    @api.model
+    def _find_queue(self, provider_id: int):
+        """The provider's queue if it has one, its fields read by the statement that finds
+        it."""
+        domain = [("provider_id", "=", provider_id)]
+        return self.sudo().search_fetch(domain, order="id", limit=1)
 
     # -- processing --------------------------------------------------------------------------
     @api.model

@@ -1,6 +1,6 @@
 """The stream log: a follower resumes from a sequence number, a new attempt after a killed
 one shows as a restart, the final body equals the log, and one worker carries 200 paced
-streams with none failed."""
+streams with none failed; a first piece logged with its attempt's end."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from addons.llm_generation_job.follow import follow_job, wait_finished
-from addons.llm_generation_job.store import JobStore
+from addons.llm_generation_job.store import Completion, JobStore, Piece
 from addons.llm_thread.simulator import reply_text
+from tests.statements import statements
 
 from .conftest import make_provider, streaming
 
@@ -183,3 +184,43 @@ def test_cleanup_drops_the_logs_of_long_finished_jobs_and_keeps_their_replies(
         assert not log_of(env, old.id)  # its log went,
         assert jobs.browse(old.id).output_message_id.body == reply_text(SLOW, 40)  # not its reply
         assert text_after_last_restart(log_of(env, recent.id)) == reply_text(SLOW, 40)
+
+
+def test_a_first_piece_that_comes_with_the_end_is_stamped_by_the_ends_update(env, registry):
+    """A short reply's first piece often comes in the flush that completes it: its attempt's
+    first token is stamped by the UPDATE that ends it, not by one of its own; an attempt whose
+    first piece was logged before keeps that stamp."""
+    provider, model = make_provider(env)
+    values = {"provider_id": provider.id, "model_id": model.id}
+    threads = env["llm.thread"].create([{"name": f"t{n}", **values} for n in range(3)])
+    jobs = env["llm.generation.job"].create([{"thread_id": t.id} for t in threads])
+    for job in jobs:
+        job.action_queue()
+    store = JobStore(env)
+    leases = store.claim(provider.id, "w:1")
+    starts = [store.start_reply(lease) for lease in leases]
+    early, *late = [
+        Piece(lease, start.seq + 1, start.attempt, "hi", first=True)
+        for lease, start in zip(leases, starts, strict=True)
+    ]
+    store.append([early])
+    stamped_early = env["llm.generation.job.attempt"].browse(early.lease.attempt_id).first_token_at
+    reply = {"body": "hi", "state": "done"}
+    tails = [[Piece(early.lease, early.seq + 1, early.attempt, "!")], *([p] for p in late)]
+    completions = [
+        Completion(lease, reply, tail) for lease, tail in zip(leases, tails, strict=True)
+    ]
+    with statements(registry) as seen:
+        assert store.complete_many(completions) == set(leases)
+    attempts = env["llm.generation.job.attempt"].browse([lease.attempt_id for lease in leases])
+    attempts.invalidate_recordset()
+    first, *others = attempts
+    assert first.first_token_at == stamped_early and first.ended_at > stamped_early
+    for attempt in others:
+        assert attempt.first_token_at == attempt.ended_at
+        elapsed = (attempt.ended_at - attempt.started_at).total_seconds()
+        assert attempt.time_to_first_token == pytest.approx(elapsed)
+    # One UPDATE for the attempt whose first token came before, one for the two stamped now.
+    updates = [s for s in seen if s.startswith("UPDATE llm_generation_job_attempt")]
+    assert len(updates) == 2 and "first_token_at" in updates[1]
+    assert len([s for s in seen if s.startswith("INSERT INTO llm_generation_usage")]) == 1
