@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from . import security
@@ -910,7 +911,8 @@ class BaseModel:
         return tuple(id_ for id_ in self._ids if id_ in found)
 
     def _insert_rows(self, rows: list[dict[str, Any]]) -> tuple[int, ...]:
-        """INSERT the rows in batches; returns their new ids in the order of ``rows``."""
+        """INSERT the rows (on PostgreSQL in one statement, each column's values an array;
+        on SQLite in batches); returns their new ids in the order of ``rows``."""
         table = self._table_obj
         if self.env.cr.dialect == "sqlite":
             # SQLAlchemy cannot batch an *ordered* RETURNING on SQLite and would insert row by
@@ -920,11 +922,25 @@ class BaseModel:
                 ("insert", "sqlite"), lambda: sa.insert(table).returning(table.c.id)
             )
             return tuple(sorted(self._execute_write(statement, rows).scalars()))
-        statement = self._statement(
-            ("insert",),
-            lambda: sa.insert(table).returning(table.c.id, sort_by_parameter_order=True),
-        )
-        return tuple(self._execute_write(statement, rows).scalars())
+        names = tuple(rows[0])
+        statement = self._statement(("insert", *names), lambda: self._unnest_insert(names))
+        columns = {name: [row[name] for row in rows] for name in names}
+        # The rows are inserted in the order of the arrays, and take the sequence's ids in
+        # that order: sorted, the ids follow the rows (as on SQLite).
+        return tuple(sorted(self._execute_write(statement, columns).scalars()))
+
+    @classmethod
+    def _unnest_insert(cls, names: tuple[str, ...]) -> Any:
+        """PostgreSQL's INSERT of many rows, each column's values bound as one array: the
+        statement is the same whatever the number of rows, so psycopg parses it once and the
+        server prepares it (rows bound one by one would make a statement of its own for each
+        number of rows, parsed anew by psycopg every time past 50 parameters)."""
+        table = cls._table_obj
+        arrays = [sa.bindparam(name, type_=_array_of(table.c[name])) for name in names]
+        new = sa.func.unnest(*arrays).table_valued(*names, with_ordinality="position")
+        new = new.render_derived()  # AS new(a, b, ...): the columns named
+        values = sa.select(*(new.c[name] for name in names)).order_by(new.c.position)
+        return sa.insert(table).from_select(names, values).returning(table.c.id)
 
     @classmethod
     def _fetched_columns(cls) -> tuple[Field, ...]:
@@ -1088,9 +1104,10 @@ class BaseModel:
     ) -> set[int]:
         """UPDATE these records (those in ``each``, when given; those that match
         ``condition``, when given) with ``columns`` (cache values), and each record with its
-        own values in ``each``: one statement per chunk of records, a field whose values
-        differ set by a CASE on the id. Caches what it wrote; returns the ids written."""
-        table, cache = self._table_obj, self.env.cache
+        own values in ``each``: a field whose values differ is set from an array of them on
+        PostgreSQL (one statement), by a CASE on the id on SQLite (one per chunk of records).
+        Caches what it wrote; returns the ids written."""
+        cache = self.env.cache
         ids, common = self._ids, dict(columns)
         varying: dict[Field, dict[int, Any]] = {}
         if each is not None:
@@ -1103,6 +1120,28 @@ class BaseModel:
                     varying[field] = values
         if not varying and condition is None:
             return self._update_common(common, ids)
+        if not ids:
+            return set()
+        if varying and self.env.cr.dialect == "postgresql":
+            written = self._update_each(common, varying, ids, condition)
+        else:
+            written = self._update_by_case(common, varying, ids, condition)
+        for field, value in common.items():
+            cache.update(field, dict.fromkeys(written, value))
+        for field, by_id in varying.items():
+            cache.update(field, {id_: by_id[id_] for id_ in written})
+        return written
+
+    def _update_by_case(
+        self,
+        common: dict[Field, Any],
+        varying: dict[Field, dict[int, Any]],
+        ids: Sequence[int],
+        condition: Any,
+    ) -> set[int]:
+        """``_update``'s statements on SQLite, and wherever no field's values differ: one per
+        chunk of records, a field whose values differ set by a CASE on the id."""
+        table = self._table_obj
         params = {f.name: f.convert_to_column(v) for f, v in common.items()}
         written: set[int] = set()
         for chunk in _chunks(ids, CASE_CHUNK_SIZE if varying else CHUNK_SIZE):
@@ -1121,11 +1160,43 @@ class BaseModel:
             else:
                 statement = statement.where(condition).returning(table.c.id)
                 written.update(self._execute_write(statement).scalars())
-        for field, value in common.items():
-            cache.update(field, dict.fromkeys(written, value))
-        for field, by_id in varying.items():
-            cache.update(field, {id_: by_id[id_] for id_ in written})
         return written
+
+    def _update_each(
+        self,
+        common: dict[Field, Any],
+        varying: dict[Field, dict[int, Any]],
+        ids: Sequence[int],
+        condition: Any,
+    ) -> set[int]:
+        """``_update`` on PostgreSQL: one UPDATE ... FROM the arrays of the ids and of each
+        varying field's values, the same statement whatever the number of records (parsed
+        once by psycopg, prepared by the server: see ``_unnest_insert``)."""
+        table = self._table_obj
+        each = tuple(sorted(field.name for field in varying))
+        same = tuple(sorted(field.name for field in common))
+
+        def build() -> Any:
+            arrays = [sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer()))] + [
+                sa.bindparam(f"each_{name}", type_=_array_of(table.c[name])) for name in each
+            ]
+            new = sa.func.unnest(*arrays).table_valued("id", *each).render_derived()
+            values = {name: new.c[name] for name in each} | {
+                name: sa.bindparam(f"new_{name}", type_=table.c[name].type) for name in same
+            }
+            return sa.update(table).where(table.c.id == new.c.id).values(values)
+
+        statement = self._statement(("update each", each, same), build)
+        params: dict[str, Any] = {"ids": list(ids)}
+        for field, by_id in varying.items():
+            params[f"each_{field.name}"] = [field.convert_to_column(by_id[i]) for i in ids]
+        for field, value in common.items():
+            params[f"new_{field.name}"] = field.convert_to_column(value)
+        if condition is None:
+            self._execute_write(statement, params)
+            return set(ids)
+        statement = statement.where(condition).returning(table.c.id)
+        return set(self._execute_write(statement, params).scalars())
 
     def _update_common(self, columns: dict[Field, Any], ids: Sequence[int]) -> set[int]:
         """``_update`` of the same values (``columns``, cache values) on every record of
@@ -1376,6 +1447,12 @@ class AbstractModel(BaseModel):
 
     __slots__ = ()
     _abstract = True
+
+
+def _array_of(column: sa.Column) -> postgresql.ARRAY:
+    """The PostgreSQL array type of ``column``'s values (of its variant for PostgreSQL, when
+    it has one: JSONB for JSON)."""
+    return postgresql.ARRAY(column.type._variant_mapping.get("postgresql", column.type))
 
 
 def _truncate(column: sa.ColumnElement, granularity: str, dialect: str) -> sa.ColumnElement:

@@ -1,5 +1,7 @@
 """Recordset API: create, browse, search, read, write, unlink and set operations."""
 
+import datetime as dt
+
 import pytest
 
 from core import Command, MissingError, ValidationError
@@ -31,6 +33,73 @@ def test_create_batches_into_one_insert(env, registry):
     with statements(registry) as seen:
         env["test.tag"].create([{"name": f"t{i}"} for i in range(50)])
     assert len([s for s in seen if s.startswith("INSERT")]) == 1
+
+
+def partner_values(count: int, first: int) -> list[dict]:
+    """Partners with a value of every kind of column, varied from one to the next."""
+    day, moment = dt.date(2000, 1, 1), dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return [
+        {
+            "name": f"p{n}",
+            "email": f"p{n}@example.com",
+            "age": n,
+            "score": n / 4,
+            "active": n % 2 == 0,
+            "kind": "company" if n % 3 else "person",
+            "birthday": day + dt.timedelta(days=n),
+            "last_seen": moment + dt.timedelta(minutes=n),
+            "data": [{"n": n}, [n, None]] if n % 2 else ({"k": "é"} if n % 3 else None),
+            "token": f"secret-{n}",
+        }
+        for n in range(first, first + count)
+    ]
+
+
+def stored_values(partner, values: dict) -> dict:
+    """The partner's values of the fields in ``values`` (its secret revealed)."""
+    found = {name: partner[name] for name in values}
+    if "token" in found:
+        found["token"] = found["token"].get_secret_value()
+    return found
+
+
+def test_a_bulk_create_keeps_every_value_and_the_order_in_one_insert_of_one_shape(env, registry):
+    inserts = []
+    for count, first in ((1, 0), (3, 10), (120, 100)):
+        with statements(registry) as seen:
+            created = env["test.partner"].create(partner_values(count, first))
+        inserts.append([s for s in seen if s.startswith("INSERT")])
+        env.cache.clear()
+        for partner, values in zip(created, partner_values(count, first), strict=True):
+            assert stored_values(partner, values) == {
+                **values,
+                "data": values["data"] if values["data"] is not None else False,
+            }
+    assert all(len(statements_) == 1 for statements_ in inserts)
+    if registry.dialect == "postgresql":  # the rows' values bound as arrays
+        assert inserts[1] == inserts[2]
+
+
+def test_write_each_of_many_records_is_one_update_of_one_shape(env, registry):
+    updates = []
+    for count, first in ((3, 0), (60, 10)):
+        partners = env["test.partner"].create(partner_values(count, first))
+        new = [
+            {**values, "name": f"renamed {values['name']}", "email": False}
+            for values in partner_values(count, first + 1000)
+        ]
+        for values in new:
+            values.pop("token")
+        with statements(registry) as seen:
+            partners.write_each(new)
+        updates.append([s for s in seen if s.startswith("UPDATE")])
+        env.cache.clear()
+        for partner, values in zip(partners, new, strict=True):
+            expected = {**values, "data": values["data"] if values["data"] is not None else False}
+            assert stored_values(partner, values) == expected
+    assert [len(statements_) for statements_ in updates] == [1, 1]
+    if registry.dialect == "postgresql":
+        assert updates[0] == updates[1]
 
 
 def test_reading_a_field_on_many_records_costs_one_query(env, registry):
