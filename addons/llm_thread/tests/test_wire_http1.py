@@ -128,11 +128,16 @@ def fetch(url: str, count: int = 1, **request) -> list[httpx.Response]:
 
 def test_sized_and_chunked_bodies_are_read_whole_on_one_kept_alive_connection(scripted):
     big = bytes(range(256)) * 12_000  # 3 MB: more than the transport buffers before pausing
-    server = scripted(sized(b"hello"), chunked(b"he", b"llo", trailer=b"x-t: 1\r\n"), sized(big))
-    responses = fetch(server.url + "/a?b=1", count=3)
-    assert [r.status_code for r in responses] == [200, 200, 200]
+    server = scripted(
+        sized(b"hello"),
+        chunked(b"he", b"llo", trailer=b"x-t: 1\r\n"),
+        sized(big),
+        chunked(big, b"!"),
+    )
+    responses = fetch(server.url + "/a?b=1", count=4)
+    assert [r.status_code for r in responses] == [200] * 4
     assert responses[0].content == b"hello" and responses[1].content == b"hello"
-    assert responses[2].content == big
+    assert responses[2].content == big and responses[3].content == big + b"!"
     assert server.connections == 1
     assert server.requests[0].startswith(b"GET /a?b=1 HTTP/1.1\r\n")
     assert b"\r\nhost: 127.0.0.1:" in server.requests[0].lower()

@@ -163,6 +163,9 @@ class _Connection(asyncio.Protocol):
             if self.lost is not None:
                 raise self.lost
             raise _Closed(bytes(self.buffer))
+        if self.paused:  # what is needed is more than the buffer holds
+            self.paused = False
+            self.transport.resume_reading()
         self.waiter = self.loop.create_future()
         try:
             await self._until(self.waiter, timeout, httpx.ReadTimeout)
@@ -317,10 +320,14 @@ class _ResponseBody(httpx.AsyncByteStream):
                 while await connection.read_until(b"\r\n", self.timeout) != b"\r\n":
                     pass
                 return
-            data = await connection.read_exactly(size + 2, self.timeout)
-            if not data.endswith(b"\r\n"):
+            while size:  # read as it comes, however large the chunk
+                data = await connection.read_some(min(size, READ_SIZE), self.timeout)
+                if not data:
+                    raise _Closed(b"")
+                size -= len(data)
+                yield data
+            if await connection.read_exactly(2, self.timeout) != b"\r\n":
                 raise httpx.RemoteProtocolError("A chunk is longer than its size line says.")
-            yield data[:-2]
 
     async def aclose(self) -> None:
         if not self.done:
