@@ -105,9 +105,7 @@ def sized(body: bytes, *headers: bytes) -> bytes:
 
 
 def chunked(*pieces: bytes, trailer: bytes = b"") -> bytes:
-    head = (
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    )
+    head = OK + EVENTS + b"transfer-encoding: chunked\r\n\r\n"
     body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces)
     return head + body + b"0\r\n" + trailer + b"\r\n"
 
@@ -158,13 +156,14 @@ def test_a_body_that_ends_with_the_connection_is_read_and_the_connection_not_reu
 
 
 def test_informational_answers_are_skipped_and_empty_bodies_end_at_once(scripted):
-    server = scripted(
-        b"HTTP/1.1 100 Continue\r\n\r\n" + sized(b"after"), b"HTTP/1.1 204 No\r\n\r\n"
-    )
-    responses = fetch(server.url, count=2)
+    informational = b"HTTP/1.1 100 Continue\r\n\r\n"
+    no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
+    server = scripted(informational + sized(b"after"), no_content, sized(b"last"))
+    responses = fetch(server.url, count=3)
     assert responses[0].content == b"after" and responses[0].reason_phrase == "OK"
     assert responses[1].status_code == 204 and responses[1].content == b""
-    assert server.connections == 1
+    assert responses[2].content == b"last"
+    assert server.connections == 1  # the connection outlived the empty body
 
 
 def test_a_body_left_unread_closes_its_connection(scripted):
@@ -196,17 +195,11 @@ def test_keep_alive_stops_where_either_side_says_close(scripted):
         (b"HTTQ/1.1 200 OK\r\n\r\n", "Malformed status line"),
         (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "Malformed header line"),
         (OK + EVENTS + b"transfer-encoding: chunked\r\n\r\nzz\r\n", "Malformed chunk"),
-        (
-            OK + EVENTS + b"content-length: 10\r\nconnection: close\r\n\r\nabc",
-            "received 3 bytes, expected 10",
-        ),
+        (OK + EVENTS + CLOSE + b"content-length: 10\r\n\r\nabc", "received 3 bytes, expected 10"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", "Malformed Content-Length"),
         (b"HTTP/1.1 200 OK\r\nx: " + b"y" * 70_000, "longer than"),
         (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-", "middle of the response's headers"),
-        (
-            OK + EVENTS + b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nab",
-            "chunked",
-        ),
+        (OK + EVENTS + CLOSE + b"transfer-encoding: chunked\r\n\r\n5\r\nab", "chunked read"),
     ],
 )
 def test_a_malformed_or_cut_answer_is_a_retryable_protocol_error(scripted, answer, says):
