@@ -1601,9 +1601,9 @@ class JobStore:
     ) -> None:
         """End the running ones of the attempts of each ``(job, attempts, spent)`` in
         ``outcome``, and write what each spent to the usage ledger (``spent``; estimated from
-        its stream log when None): an UPDATE and an INSERT for them all (an UPDATE more when
-        some of them, ``first_tokens``, got their first piece with their end: it stamps
-        them)."""
+        its stream log when None): an UPDATE and an INSERT for them all. Those of
+        ``first_tokens`` got their first piece with their end: their UPDATE stamps it too (a
+        second UPDATE, when others end with them)."""
         jobs = {attempt_id: job for job, attempts, _ in ends for attempt_id in attempts.ids}
         spent = {attempt_id: used for _, attempts, used in ends for attempt_id in attempts.ids}
         attempts = self.env[ATTEMPT].browse(list(jobs))
