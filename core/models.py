@@ -1177,7 +1177,7 @@ class BaseModel:
         same = tuple(sorted(field.name for field in common))
 
         def build() -> Any:
-            arrays = [sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer()))] + [
+            arrays = [sa.bindparam("ids", type_=_array_of(table.c.id))] + [
                 sa.bindparam(f"each_{name}", type_=_array_of(table.c[name])) for name in each
             ]
             new = sa.func.unnest(*arrays).table_valued("id", *each).render_derived()

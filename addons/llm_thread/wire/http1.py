@@ -258,7 +258,15 @@ class _ResponseBody(httpx.AsyncByteStream):
     """A response's body as it is read; the connection goes back to the pool after the last
     byte, or is closed when the body is left unread."""
 
-    def __init__(self, transport: HTTP1Transport, origin, connection, request, headers, empty):
+    def __init__(
+        self,
+        transport: HTTP1Transport,
+        origin: tuple[str, int],
+        connection: _Connection,
+        request: httpx.Request,
+        headers: list[tuple[bytes, bytes]],
+        empty: bool,
+    ):
         """``empty``: the response has no body, whatever its headers say (HEAD, 204,
         304)."""
         self.transport, self.origin, self.connection = transport, origin, connection
