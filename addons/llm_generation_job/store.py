@@ -371,10 +371,8 @@ class JobStore:
         queue = self.queue(provider_id).lock_for_update(read=True)
         if not queue or not queue.enabled:
             return []
-        running = self.jobs.search_count(
-            [("provider_id", "=", provider_id), ("state", "=", "running"), ("batch_id", "=", False)]
-        )
-        free = queue._concurrency() - running
+        concurrency, running = queue._concurrency(), self._running(provider_id)
+        free = concurrency - running
         if limit is not None:
             free = min(free, limit)
         if free <= 0:
@@ -444,6 +442,7 @@ class JobStore:
                     "worker": worker,
                     "started_at": now,
                     "estimated_tokens": admitted.tokens.get(job.id, 0),
+                    "started_full": running + len(claimed) >= concurrency,
                 }
                 for job in claimed
             ]
@@ -677,8 +676,8 @@ class JobStore:
             ends.append((job, self.env[ATTEMPT].browse(completion.lease.attempt_id), spent))
         firsts = {piece.lease.attempt_id for piece in tails if piece.first}
         self._end_attempts(ends, "completed", now, first_tokens=firsts)
-        for completion, job in completed:
-            self._provider_answered(job, ok=True, remaining=completion.remaining)
+        for (completion, job), (_, attempt, _) in zip(completed, ends, strict=True):
+            self._provider_answered(job, attempt, ok=True, remaining=completion.remaining)
         self._signal(PROGRESS, held)
         return {completion.lease for completion, _ in completed}
 
@@ -734,9 +733,16 @@ class JobStore:
         self._provider_answered(job, ok=False, error=error, retry_after=retry_after)
         return self.release(lease, f"{_sentence(error)} Queued again, in its place in line.")
 
+    def _running(self, provider_id: int) -> int:
+        """How many of the provider's jobs run in workers now (not those in provider batches)."""
+        return self.jobs.search_count(
+            [("provider_id", "=", provider_id), ("state", "=", "running"), ("batch_id", "=", False)]
+        )
+
     def _provider_answered(
         self,
         job,
+        attempt=None,
         *,
         ok: bool,
         error: str = "",
@@ -745,9 +751,18 @@ class JobStore:
     ) -> None:
         """Keep the queue's circuit breaker and adaptive concurrency (admission.py) after an
         attempt that the provider answered (``ok``) or failed retryably: a success closes the
-        breaker and, on an adaptive queue, counts towards one more slot unless the provider
-        said it has no more than that many requests left (``remaining``); a failure counts
-        towards a cooldown, and a probe's failure cools the provider down again."""
+        breaker and, on an adaptive queue, counts towards one more slot when its
+        ``attempt`` started as the queue ran all the jobs it allows (``started_full``), unless
+        the provider said it has no more than that many requests left (``remaining``); a
+        failure counts towards a cooldown, and a probe's failure cools the provider down
+        again.
+
+        A success that started while fewer jobs ran than the queue allows says nothing of
+        whether the provider would take more (its workers have fewer slots than that, or
+        these are the queue's last few jobs): counting it would raise the concurrency far
+        past what the provider was shown to take, to be found by a burst of 429s once more
+        jobs come. TCP, too, keeps its window while the sender is application-limited (RFC
+        7661)."""
         queue = self.queue(job.provider_id.id)
         now, values = _now(), {}
         if ok:
@@ -757,7 +772,7 @@ class JobStore:
                 values.update(breaker_state="closed", breaker_reason=False, breaker_until=False)
                 values.update(waiting_reason=False, eligible_at=False)
                 self._signal(QUEUED, [job.provider_id.id])
-            if queue.adaptive_concurrency:
+            if queue.adaptive_concurrency and attempt and attempt.started_full:
                 current = queue._concurrency()
                 successes = queue.adaptive_successes + 1
                 room = remaining is None or remaining > current

@@ -30,6 +30,10 @@ class GenerationJobAttempt(models.Model):
     estimated_tokens = fields.Integer(
         help="Its tokens as estimated when it started, under a tokens-a-minute limit"
     )
+    started_full = fields.Boolean(
+        help="It started as its queue ran as many jobs as its concurrency allows: only such "
+        "successes raise an adaptive queue's concurrency"
+    )
     error_message = fields.Text()
     duration = fields.Float(
         compute="_compute_duration", store=True, precompute=True, help="Seconds"

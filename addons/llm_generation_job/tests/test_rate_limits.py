@@ -3,7 +3,8 @@ records every request it accepts: a queue's requests a minute and tokens a minut
 whatever worker starts its jobs (four worker processes under 60 requests a minute send at
 most 60 in any minute), its jobs wait with the reason and the time they may go; the
 provider's own 429 holds every worker back; a storm of 429s cools the provider down for
-every worker; an adaptive queue settles near the provider's limit."""
+every worker; an adaptive queue settles near the provider's limit, and grows only on
+successes that started with all its slots taken."""
 
 from __future__ import annotations
 
@@ -235,6 +236,30 @@ def test_an_adaptive_queue_grows_no_further_than_the_provider_has_requests_left(
     wait(lambda: set(states(registry, job_ids)) == {"completed"}, 30, "all done")
     # 1 -> 2 -> 3 as they succeed; the next raise would need more than 3 requests left.
     assert queue_values(registry, queue_id, "current_concurrency") == [3]
+    assert server.stats()["rate_limited"] == 0
+
+
+def test_an_adaptive_queue_grows_only_on_successes_that_started_with_its_slots_full(
+    registry, limited
+):
+    """Its only worker has 2 slots: jobs that started 2 at a time raise it from 2 to 3, and
+    none can start 3 at a time, so nothing shows the provider would take more than 3."""
+    from addons.llm_generation_job.runner import JobRunner
+
+    server, (_, queue_id), queue_jobs = limited(
+        {"adaptive_concurrency": True, "min_concurrency": 1, "max_concurrent_jobs": 12}
+    )
+    job_ids = queue_jobs(20)
+    runner = JobRunner(registry, concurrency=2, poll_interval=0.2)
+    runner.start()
+    try:
+        wait(lambda: set(states(registry, job_ids)) == {"completed"}, 60, "all done")
+    finally:
+        runner.stop(timeout=5)
+    assert queue_values(registry, queue_id, "current_concurrency") == [3]
+    with registry.environment(readonly=True) as env:
+        attempts = env["llm.generation.job.attempt"].search([("job_id", "in", job_ids)])
+        assert len(attempts) == 20 and 1 <= sum(attempts.mapped("started_full")) < 20
     assert server.stats()["rate_limited"] == 0
 
 
