@@ -14,6 +14,13 @@ cut off from the network, or frozen, in the middle of a transaction would otherw
 row locks for as long as the server cannot tell it from a slow one, and nobody could take its
 work over. Keep it below the job lease; units of work never wait idle that long inside a
 transaction.
+
+A PostgreSQL connection that sat in the pool for ``PING_AFTER_IDLE_SECONDS`` is pinged before
+use (a restart, a network cut or an idle timeout may have closed it meanwhile); one in steady
+use is not, which saves a round trip on every unit of work. If the server went away since
+its last use, its first statement fails as a lost connection: units of work retry on that
+(``transient_reason``), and SQLAlchemy then drops every pooled connection older than the
+failure, so one unit of work a process notices the restart.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ READONLY_OPTION = "llmjobs_readonly"
 # the stream's read-only cursor and a short one for each progress write).
 POOL_OPTIONS = {"pool_size": 10, "max_overflow": 40}
 PG_IDLE_TRANSACTION_TIMEOUT = float(os.environ.get("LLMJOBS_PG_IDLE_TRANSACTION_TIMEOUT", "15"))
+PING_AFTER_IDLE_SECONDS = 5.0
+_CHECKED_IN_AT = "llmjobs_checked_in_at"  # in a pooled connection's info: time.monotonic()
 
 
 def normalize_url(url: str) -> str:
@@ -66,8 +75,9 @@ def create_engine(url: str, **options) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed, **options)
     if backend == "postgresql":
-        parsed = _with_session_settings(parsed)
-        return sa.create_engine(parsed, **{**POOL_OPTIONS, "pool_pre_ping": True, **options})
+        engine = sa.create_engine(_with_session_settings(parsed), **{**POOL_OPTIONS, **options})
+        _ping_when_idle(engine)
+        return engine
     raise RegistryError(
         f"Unsupported database '{backend}': use SQLite or PostgreSQL (got {_redacted(url)})."
     )
@@ -82,6 +92,26 @@ def _with_session_settings(url: sa.URL) -> sa.URL:
     given = url.query.get("options", "")
     given = " ".join(given) if isinstance(given, tuple) else given
     return url.update_query_dict({"options": f"{given} {timeout}".strip()})
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout when it sat idle for ``PING_AFTER_IDLE_SECONDS``
+    (see the module docstring); a failed ping drops every pooled connection, and the pool
+    opens a new one in its place."""
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy) -> None:
+        checked_in_at = record.info.get(_CHECKED_IN_AT)  # None: a new connection
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise sa.exc.InvalidatePoolError(f"the idle connection is gone: {error}") from error
 
 
 def _redacted(url: str) -> str:

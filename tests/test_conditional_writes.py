@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,43 @@ def test_a_dropped_connection_is_unavailability_and_the_next_unit_reconnects(mak
         env["test.tag"].search([])
     with registry.environment() as env:
         assert env["test.tag"].search_count([]) == 0
+
+
+def backend_pid(registry: Registry) -> int:
+    with registry.environment() as env:
+        return env.cr.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+
+@pytest.mark.postgres
+def test_a_connection_idle_past_the_ping_delay_is_pinged_and_replaced_when_gone(
+    make_registry, pg_url, monkeypatch
+):
+    monkeypatch.setattr(core_database, "PING_AFTER_IDLE_SECONDS", 0.2)
+    registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"], url=pg_url)
+    idle = backend_pid(registry)  # back in the pool, idle
+    admin = sa.create_engine(core_database.normalize_url(pg_url), poolclass=sa.pool.NullPool)
+    with admin.connect() as other:  # a restart, or an idle timeout, closes it meanwhile
+        assert other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": idle}).scalar()
+    time.sleep(0.3)
+    with registry.environment() as env:  # the ping finds it gone: a new one, no error
+        env["test.tag"].create({"name": "saved"})
+        assert env.cr.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != idle
+    with registry.environment() as env:
+        assert env["test.tag"].search([]).mapped("name") == ["saved"]
+
+
+@pytest.mark.postgres
+def test_a_connection_in_steady_use_is_not_pinged(make_registry, pg_url, monkeypatch):
+    registry = make_registry(addons_path=[TEST_ADDONS], addons=["test_orm"], url=pg_url)
+    dialect, pings = registry.engine.dialect, []
+    ping = dialect.do_ping
+    monkeypatch.setattr(dialect, "do_ping", lambda connection: pings.append(1) or ping(connection))
+    first = backend_pid(registry)
+    assert [backend_pid(registry) for _ in range(20)] == [first] * 20  # one connection, reused
+    assert pings == []  # without a round trip before each unit of work
+    monkeypatch.setattr(core_database, "PING_AFTER_IDLE_SECONDS", 0.0)
+    assert backend_pid(registry) == first
+    assert pings == [1]  # idle long enough: pinged, and alive
 
 
 def test_wrong_statements_are_not_unavailability(registry):
