@@ -122,16 +122,18 @@ class Triggers:
         precomputed: Sequence[Field] = (),
     ) -> None:
         """Invalidate or recompute what depends on ``names`` of ``records`` (and on the
-        ``precomputed`` fields they got in the same statement, which are not recomputed)."""
+        ``precomputed`` fields they got in the same statement, which are not recomputed). A
+        computed field among ``names`` was given its value by the write: as in Odoo, it is
+        protected, not recomputed from the other fields written with it."""
         names = names | {field.name for field in precomputed}
+        fields = records._fields
+        given = [fields[name] for name in names if fields[name].compute]
         cache = records.env.cache
         for name in names:
             for one2many in self.inverse_one2many.get((records._name, name), ()):
                 cache.invalidate([one2many])
         cache.invalidate(self.undeclared.get(records._name, ()))
-        affected = self._affected(
-            records, names, skip_own=created, done=precomputed, created=created
-        )
+        affected = self._affected(records, names, skip_own=created, done=given, created=created)
         for dependent, ids in (before or {}).items():
             affected.setdefault(dependent, set()).update(ids)
         if not affected:

@@ -171,6 +171,22 @@ def test_write_each_gives_each_record_its_own_values_in_one_statement(registry):
         assert env["test.task"].browse(ids).mapped("name") == ["a", "b", "c"]
 
 
+def test_a_computed_field_written_with_what_it_depends_on_keeps_the_value_given(registry):
+    """As in Odoo, the write protects it: it is not recomputed from the fields written with
+    it (nor read for), and what depends on it follows the value given, in the same UPDATE."""
+    with registry.environment() as env:
+        task_id = env["test.task"].create({"name": "a", "planned": 5}).id
+    with registry.environment() as env:
+        task = env["test.task"].browse(task_id)
+        with statements(registry) as seen:
+            task.write_each([{"done": 1, "remaining": 10}])
+        assert not [s for s in seen if s.startswith("SELECT") and "FROM test_task" in s]
+        [write] = writes(seen)
+        assert "remaining=" in write and "remaining_label=" in write
+    assert stored(registry, task_id)["remaining"] == 10
+    assert stored(registry, task_id)["remaining_label"] == "10 left"
+
+
 def test_write_each_refuses_values_that_do_not_fit_its_records(registry):
     with registry.environment() as env:
         tasks = env["test.task"].create([{"planned": 1}, {"planned": 2}])
