@@ -138,6 +138,7 @@ class Lease:
     job_id: int
     token: str
     attempt_id: int
+    started_at: dt.datetime  # the attempt's
 
 
 @dataclass(frozen=True)
@@ -451,7 +452,8 @@ class JobStore:
             queue.write({"last_processed_at": now})
         self._signal(PROGRESS, claimed.ids)
         leases = [
-            Lease(job.id, token, attempt.id) for job, attempt in zip(claimed, attempts, strict=True)
+            Lease(job.id, token, attempt.id, now)
+            for job, attempt in zip(claimed, attempts, strict=True)
         ]
         self._claimed.update(leases)
         return leases
@@ -592,9 +594,18 @@ class JobStore:
                 for p in pieces
             ]
         )
-        firsts = [p.lease.attempt_id for p in pieces if p.first]
+        firsts = {p.lease.attempt_id: p.lease.started_at for p in pieces if p.first}
         if firsts and stamp_firsts:
-            self.env[ATTEMPT].browse(firsts).write({"first_token_at": _now()})
+            now, attempts = _now(), self.env[ATTEMPT].browse(list(firsts))
+            attempts.write_each(
+                [
+                    {
+                        "first_token_at": now,
+                        "time_to_first_token": attempts._seconds_to_first_token(started, now),
+                    }
+                    for started in firsts.values()
+                ]
+            )
         self._signal(PROGRESS, [p.lease.job_id for p in pieces])
 
     def forget_logs(self, finished_before: dt.datetime, limit: int) -> int:

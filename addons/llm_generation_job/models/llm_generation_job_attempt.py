@@ -67,7 +67,13 @@ class GenerationJobAttempt(models.Model):
     @api.depends("started_at", "first_token_at")
     def _compute_time_to_first_token(self):
         for attempt in self:
-            first, started = attempt.first_token_at, attempt.started_at
-            attempt.time_to_first_token = (
-                max((first - started).total_seconds(), 0.0) if first and started else False
+            attempt.time_to_first_token = self._seconds_to_first_token(
+                attempt.started_at, attempt.first_token_at
             )
+
+    @staticmethod
+    def _seconds_to_first_token(started, first) -> float | bool:
+        """Seconds from ``started`` to ``first`` (never below 0); False without both. The job
+        store writes it with ``first_token_at`` from the start its lease holds, so that the
+        stamp needs no read of the attempt first."""
+        return max((first - started).total_seconds(), 0.0) if first and started else False

@@ -186,6 +186,35 @@ def test_cleanup_drops_the_logs_of_long_finished_jobs_and_keeps_their_replies(
         assert text_after_last_restart(log_of(env, recent.id)) == reply_text(SLOW, 40)
 
 
+def test_a_first_piece_stamps_its_attempt_in_one_update_without_reading_it(env, registry):
+    """The writer's flush of first pieces writes each attempt's first_token_at and time to
+    first token from the start its lease holds: one UPDATE, no read of the attempts."""
+    provider, model = make_provider(env)
+    values = {"provider_id": provider.id, "model_id": model.id}
+    threads = env["llm.thread"].create([{"name": f"t{n}", **values} for n in range(2)])
+    jobs = env["llm.generation.job"].create([{"thread_id": t.id} for t in threads])
+    for job in jobs:
+        job.action_queue()
+    store = JobStore(env)
+    leases = store.claim(provider.id, "w:1")
+    starts = [store.start_reply(lease) for lease in leases]
+    pieces = [
+        Piece(lease, start.seq + 1, start.attempt, "hi", first=True)
+        for lease, start in zip(leases, starts, strict=True)
+    ]
+    env.invalidate_all()  # as the writer's own transaction finds them: nothing cached
+    with statements(registry) as seen:
+        store.append(pieces)
+    on_attempts = [s for s in seen if "llm_generation_job_attempt" in s]
+    assert len(on_attempts) == 1 and on_attempts[0].startswith("UPDATE"), on_attempts
+    attempts = env["llm.generation.job.attempt"].browse([lease.attempt_id for lease in leases])
+    attempts.invalidate_recordset()
+    for attempt in attempts:
+        assert attempt.first_token_at >= attempt.started_at
+        elapsed = (attempt.first_token_at - attempt.started_at).total_seconds()
+        assert attempt.time_to_first_token == pytest.approx(elapsed)
+
+
 def test_a_first_piece_that_comes_with_the_end_is_stamped_by_the_ends_update(env, registry):
     """A short reply's first piece often comes in the flush that completes it: its attempt's
     first token is stamped by the UPDATE that ends it, not by one of its own; an attempt whose
