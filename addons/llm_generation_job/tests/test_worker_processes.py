@@ -76,7 +76,10 @@ def test_four_workers_run_500_jobs_exactly_once_within_the_limit(
 ):
     thread_ids = setup_threads(registry, openai_server.url, 50, max_concurrent=6)
     openai_server.reset_stats()
-    start_workers(4, lease=LEASE_SECONDS)
+    # Two slots each: eight in all against the queue's six, so the queue's limit binds across
+    # workers, and no one worker can hold the queue's six (one with eight slots may well serve
+    # every job alone: it claims a freed slot before the others hear of it).
+    start_workers(4, concurrency=2, lease=LEASE_SECONDS)
     job_ids = queue_jobs(registry, thread_ids, per_thread=10)
     wait_finished(registry, job_ids, timeout=180)
     jobs = assert_one_reply_per_job(registry, job_ids)
@@ -85,7 +88,7 @@ def test_four_workers_run_500_jobs_exactly_once_within_the_limit(
         odd = attempts.filtered(lambda a: a.outcome != "completed")
         assert not odd, [(a.job_id.id, a.number, a.outcome, a.error_message) for a in odd]
         assert len(attempts) == 500
-        assert len(set(attempts.mapped("worker"))) > 1  # the work was shared
+        assert len(set(attempts.mapped("worker"))) >= 3  # the work was shared
     stats = openai_server.wait_idle(timeout=10)
     assert stats["requests"] == 500
     assert 1 < stats["max_in_flight"] <= 6
