@@ -71,9 +71,13 @@ def simulator(
             f"Simulating the {protocol} API: set the provider's api_base to {url} (Ctrl-C to stop)"
         )
 
+    # Ctrl-C ends serving as KeyboardInterrupt, raised again after uvicorn's graceful
+    # shutdown; in a process started with SIGINT ignored (a background job of a shell
+    # script) uvicorn still shuts down on it, and serving returns.
     try:
         server.serve_forever(on_ready=announce)
     except KeyboardInterrupt:
-        click.echo("Simulator stopped.")
+        pass
     except OSError as error:
         raise click.ClickException(f"Cannot listen on {host}:{port}: {error}") from error
+    click.echo("Simulator stopped.")

@@ -135,8 +135,9 @@ class SimulatorServer:
 
     def serve_forever(self, on_ready: Callable[[str], Any] | None = None) -> None:
         """Serve in this thread until SIGINT or SIGTERM (uvicorn's graceful shutdown, then the
-        signal is raised again: KeyboardInterrupt for Ctrl-C). ``on_ready(url)`` is called
-        once the socket listens."""
+        signal is raised again: KeyboardInterrupt for Ctrl-C, a plain return where SIGINT was
+        ignored when the process started). ``on_ready(url)`` is called once the socket
+        listens."""
         server = self._prepare()
         if on_ready is not None:
             on_ready(self.url)

@@ -390,7 +390,12 @@ def test_unknown_protocol():
 # -- the command ----------------------------------------------------------------------------
 
 
-def test_the_simulator_command_serves_until_interrupted():
+@pytest.mark.parametrize(
+    "inherited_sigint",
+    [signal.SIG_DFL, signal.SIG_IGN],
+    ids=["from-a-terminal", "in-a-background-job"],
+)
+def test_the_simulator_command_serves_until_interrupted(inherited_sigint):
     command = [
         sys.executable,
         "-c",
@@ -402,7 +407,13 @@ def test_the_simulator_command_serves_until_interrupted():
         "--tokens",
         "3",
     ]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited_sigint),
+    )
     try:
         line = process.stdout.readline()
         assert "set the provider's api_base to http://127.0.0.1:" in line
