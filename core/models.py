@@ -381,10 +381,12 @@ class BaseModel:
         order: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        lock: bool = False,
     ) -> BaseModel:
         """``search``, with the stored columns among ``field_names`` (default: all but
         binaries) read by the same query into the cache (Odoo's ``search_fetch``): reading
-        them from the records found costs no other statement."""
+        them from the records found costs no other statement. With ``lock``, the rows found
+        are locked by that statement as ``lock_for_update`` locks them."""
         if field_names is None:
             columns = self._fetched_columns()
         else:
@@ -396,9 +398,15 @@ class BaseModel:
             query = query.limit(limit)
         if offset:
             query = query.offset(offset)
+        if lock:
+            self._check_lockable()
+            query = query.with_for_update(of=table)
         rows = self.env.cr.execute(query).all()
         self._cache_rows(columns, rows)
-        return self._browse(tuple(row[0] for row in rows))
+        records = self._browse(tuple(row[0] for row in rows))
+        if lock:
+            records.check_access("write")
+        return records
 
     def search_read(
         self,
@@ -1278,11 +1286,7 @@ class BaseModel:
         """
         if not self._ids:
             return self
-        if self.env.cr.readonly:
-            raise RuntimeError(
-                f"Cannot lock '{self._name}' records through a read-only cursor: its "
-                "transactions take no write lock on SQLite."
-            )
+        self._check_lockable()
         self.check_access("write")
         table, found = self._table_obj, set()
         condition = compile_domain(self, domain)
@@ -1301,6 +1305,13 @@ class BaseModel:
             if read:
                 self._cache_rows(columns, rows)
         return self._browse(tuple(i for i in self._ids if i in found), self._prefetch_ids)
+
+    def _check_lockable(self) -> None:
+        if self.env.cr.readonly:
+            raise RuntimeError(
+                f"Cannot lock '{self._name}' records through a read-only cursor: its "
+                "transactions take no write lock on SQLite."
+            )
 
     def invalidate_recordset(self, fnames: Iterable[str] | None = None) -> None:
         """Forget the cached values of these records (of the named fields, else all), so

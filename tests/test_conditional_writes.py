@@ -70,13 +70,23 @@ def test_write_where_and_lock_check_access_rights(make_registry):
         )
         note = env["test.note"].create({"name": "theirs", "user_id": owner.id})
         vault = env["test.vault"].create({"name": "closed"})
+        entry = env["test.catalog"].create({"name": "read-only"})
     with registry.environment(user=other.id) as env:
         for record in (env["test.note"].browse(note.id), env["test.vault"].browse(vault.id)):
             with pytest.raises(AccessError):
                 record.write_where([], {"name": "forged"})
             with pytest.raises(AccessError):
                 record.lock_for_update()
+        # Locking what one finds: a note the rules hide is not found; no write right, no lock.
+        assert not env["test.note"].search_fetch([("id", "=", note.id)], lock=True)
+        with pytest.raises(AccessError):
+            env["test.vault"].search_fetch([("id", "=", vault.id)], lock=True)
+        catalog = env["test.catalog"]
+        assert catalog.search_fetch([("id", "=", entry.id)]) == catalog.browse(entry.id)
+        with pytest.raises(AccessError):  # readable, not writable: not theirs to lock
+            catalog.search_fetch([("id", "=", entry.id)], lock=True)
     with registry.environment(user=owner.id) as env:
+        assert env["test.note"].search_fetch([("id", "=", note.id)], lock=True).id == note.id
         assert env["test.note"].browse(note.id).write_where([], {"name": "mine"})
 
 
@@ -134,6 +144,17 @@ def test_lock_for_update_returns_existing_records_and_fresh_values(registry):
         assert tags[0].name == "changed"
 
 
+def test_search_fetch_with_lock_reads_the_rows_it_locks(registry):
+    with registry.environment() as env:
+        tags = env["test.tag"].create([{"name": "a"}, {"name": "b"}])
+        env.cr.execute(
+            sa.text("UPDATE test_tag SET name = 'changed' WHERE id = :id"), {"id": tags[0].id}
+        )
+        found = env["test.tag"].search_fetch([("name", "!=", "b")], ["name"], lock=True)
+        assert found == tags[0]
+        assert found.name == "changed"
+
+
 def test_invalidate_recordset_and_all(registry):
     with registry.environment() as env:
         tag = env["test.tag"].create({"name": "a"})
@@ -153,6 +174,11 @@ def test_lock_for_update_refuses_a_readonly_cursor(registry):
         pytest.raises(RuntimeError, match="read-only cursor"),
     ):
         env["test.tag"].browse(tag_id).lock_for_update()
+    with (
+        registry.environment(readonly=True) as env,
+        pytest.raises(RuntimeError, match="read-only cursor"),
+    ):
+        env["test.tag"].search_fetch([], lock=True)
 
 
 @pytest.mark.postgres
@@ -167,19 +193,26 @@ def test_lock_for_update_blocks_or_skips_other_transactions(make_registry, pg_ur
     assert held.ids == [tag_id]
     with registry.environment() as env:
         assert not env["test.tag"].browse(tag_id).lock_for_update(skip_locked=True)
-    waited = threading.Event()
+    waited = {"lock_for_update": threading.Event(), "search_fetch": threading.Event()}
 
-    def wait_for_lock():
+    def wait_for_lock(how):
         with registry.environment() as env:
-            env["test.tag"].browse(tag_id).lock_for_update()
-            waited.set()
+            if how == "lock_for_update":
+                env["test.tag"].browse(tag_id).lock_for_update()
+            else:
+                assert env["test.tag"].search_fetch([("id", "=", tag_id)], lock=True).name == "b"
+            waited[how].set()
 
-    waiter = threading.Thread(target=wait_for_lock)
-    waiter.start()
-    assert not waited.wait(0.5)  # blocked while the holder's transaction is open
+    waiters = [threading.Thread(target=wait_for_lock, args=(how,)) for how in waited]
+    for waiter in waiters:
+        waiter.start()
+    # blocked while the holder's transaction is open; then they read what it committed
+    assert not any(event.wait(0.5) for event in waited.values())
+    held.name = "b"
     holder.commit()
-    assert waited.wait(5)
-    waiter.join()
+    assert all(event.wait(5) for event in waited.values())
+    for waiter in waiters:
+        waiter.join()
     holder.close()
 
 

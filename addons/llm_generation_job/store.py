@@ -283,15 +283,17 @@ class JobStore:
         self._claimed: set[Lease] = set()  # by this store, in its transaction
         self._queues: dict[int, Any] = {}  # the queues this store found, by provider
 
-    def queue(self, provider_id: int):
+    def queue(self, provider_id: int, lock: bool = False):
         """The provider's queue (created on first use), its fields read by the statement that
-        finds it; looked for once by this store."""
+        finds it; looked for once by this store. With ``lock``, its row is locked until the
+        transaction ends, and its fields read by the statement that locks it."""
         queue = self._queues.get(provider_id)
-        if queue is None:
-            queue = self.env[QUEUE]._find_queue(provider_id)
-            if not queue:  # not kept: a unit that fails takes the new queue back
-                return self.env[QUEUE]._get_or_create_queue(provider_id)
-            self._queues[provider_id] = queue
+        if queue is not None:
+            return queue.lock_for_update(read=True) if lock else queue
+        queue = self.env[QUEUE]._find_queue(provider_id, lock=lock)
+        if not queue:  # not kept: a unit that fails takes the new queue back
+            return self.env[QUEUE]._get_or_create_queue(provider_id)
+        self._queues[provider_id] = queue
         return queue
 
     # -- fences --------------------------------------------------------------------------------
@@ -369,7 +371,7 @@ class JobStore:
     ) -> list[Lease]:
         """Start as many queued jobs of the provider as its queue allows (at most ``limit``;
         among ``job_ids`` when given): each gets a lease and a new attempt row."""
-        queue = self.queue(provider_id).lock_for_update(read=True)
+        queue = self.queue(provider_id, lock=True)
         if not queue or not queue.enabled:
             return []
         concurrency, running = queue._concurrency(), self._running(provider_id)

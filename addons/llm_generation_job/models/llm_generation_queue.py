@@ -270,11 +270,11 @@ class GenerationQueue(models.Model):
         return self._find_queue(provider_id) or self.sudo().create({"provider_id": provider_id})
 
     @api.model
-    def _find_queue(self, provider_id: int):
-        """The provider's queue if it has one, its fields read by the statement that finds
-        it."""
+    def _find_queue(self, provider_id: int, lock: bool = False):
+        """The provider's queue if it has one, its fields read (and with ``lock`` its row
+        locked) by the statement that finds it."""
         domain = [("provider_id", "=", provider_id)]
-        return self.sudo().search_fetch(domain, order="id", limit=1)
+        return self.sudo().search_fetch(domain, order="id", limit=1, lock=lock)
 
     # -- processing --------------------------------------------------------------------------
     @api.model

@@ -14,3 +14,10 @@ class Vault(models.Model):
     _description = "A model with no access line: only the superuser reaches it"
 
     name = fields.Char()
+
+
+class Catalog(models.Model):
+    _name = "test.catalog"
+    _description = "Readable by users; only the superuser writes it"
+
+    name = fields.Char()
