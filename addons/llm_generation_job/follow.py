@@ -72,13 +72,19 @@ class _Look:
     # The latest failed attempt that was retried: its number, its error, and when the next
     # attempt started.
     retried: tuple[int, str, dt.datetime] | None
+    retry_count: int
+    message_id: int | None
 
     @property
     def retry_pending(self) -> bool:
         return self.state == "failed" and self.retry_at is not None
 
 
-def _look(env, job_id: int, after_seq: int) -> _Look:
+def _look(env, job_id: int, after_seq: int, last: _Look | None = None) -> _Look:
+    """What the job shows now. While it streams, a look reads the job and its new pieces
+    only: its attempts and its message are as ``last`` saw them while the job ran then,
+    since a retry moves its ``retry_count``, a new attempt logs a restart, and the message
+    changes only when the job stops running."""
     job = env["llm.generation.job"].browse(job_id)
     state = job.state
     queued = state == "queued"
@@ -88,22 +94,35 @@ def _look(env, job_id: int, after_seq: int) -> _Look:
         ["seq", "kind", "content", "attempt"],
         order="seq",
     )
-    attempts = job.attempt_ids
-    failed = [i for i, attempt in enumerate(attempts[:-1]) if attempt.outcome == "failed"]
-    retried = None
-    if failed:
-        attempt, following = attempts[failed[-1]], attempts[failed[-1] + 1]
-        retried = (attempt.number, attempt.error_message or "", following.started_at)
+    streaming = (
+        last is not None
+        and state == last.state == "running"
+        and job.retry_count == last.retry_count
+        and message.id == last.message_id
+        and not any(chunk["kind"] == "restart" for chunk in chunks)
+    )
+    if streaming:
+        message_data, attempt_count, retried = last.message, last.attempts, last.retried
+    else:
+        message_data = updates.message_payload(message) if message else None
+        attempts = job.attempt_ids
+        failed = [i for i, attempt in enumerate(attempts[:-1]) if attempt.outcome == "failed"]
+        attempt_count, retried = len(attempts), None
+        if failed:
+            attempt, following = attempts[failed[-1]], attempts[failed[-1] + 1]
+            retried = (attempt.number, attempt.error_message or "", following.started_at)
     return _Look(
         state=state,
         position=job._queue_position() if queued else None,
         workers=env["llm.generation.worker"].live_count(job.provider_id.id) if queued else None,
-        message=updates.message_payload(message) if message else None,
+        message=message_data,
         error=job.error_message or "",
         retry_at=(job.next_retry_at or None) if job.error_kind == "retryable" else None,
         chunks=chunks,
-        attempts=len(attempts),
+        attempts=attempt_count,
         retried=retried,
+        retry_count=job.retry_count,
+        message_id=message.id or None,
     )
 
 
@@ -124,11 +143,12 @@ def follow_job(env, job_id: int, after_seq: int = 0) -> Iterator[dict[str, Any]]
     retries_shown: set[int] = set()  # attempts whose failure was shown as a retry
     announced = False
     outage_delay: float | None = None
+    look: _Look | None = None
     while True:
         since = notifier.generation(PROGRESS, job_id)
         try:
             with registry.environment(user=env.uid, su=env.su, readonly=True) as watch:
-                look = _look(watch, job_id, after_seq)
+                look = _look(watch, job_id, after_seq, look)
         except DatabaseUnavailable as error:
             if outage_delay is None:
                 state = last_status[0] if last_status else "unknown"
