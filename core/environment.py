@@ -124,6 +124,10 @@ class Cursor:
         self.cache = Cache()
         self.computing: dict[Field, set[int]] = {}
         self.user_groups: dict[int, frozenset[str]] = {}
+        # What callers found once in this transaction and need not look for again (by a key
+        # of their own; Odoo's ``cr.cache``): dropped when the transaction ends, or a
+        # savepoint is rolled back.
+        self.memo: dict[str, Any] = {}
         self.trigger_depth = 0
         self._atomic = 0
         self.transaction = 0  # changes when a transaction ends (commit, rollback)
@@ -226,10 +230,11 @@ class Cursor:
         self.transaction += 1
         self.cache.clear()
         self.user_groups.clear()
+        self.memo.clear()
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Undo everything done inside the block when it raises (cache included)."""
+        """Undo everything done inside the block when it raises (cache and memo included)."""
         try:
             nested = self.connection.begin_nested()
         except Exception as error:
@@ -242,6 +247,7 @@ class Cursor:
                 with contextlib.suppress(Exception):  # a dead connection: the error raised
                     nested.rollback()  # in the block is what matters
             self.cache.clear()
+            self.memo.clear()
             raise
         try:
             nested.commit()

@@ -114,3 +114,20 @@ def test_records_cannot_be_read_after_their_unit_of_work(registry):
         tag = env["test.tag"].create({"name": "t"})
     with pytest.raises(RuntimeError, match="unit of work ended"):
         tag.name
+
+
+def test_a_transactions_memo_goes_with_it_and_with_a_rolled_back_savepoint(registry):
+    cr = registry.cursor()
+    try:
+        cr.memo["found"] = 1
+        cr.commit()
+        assert cr.memo == {}
+        cr.memo["found"] = 2
+        with pytest.raises(ValueError), cr.savepoint():
+            raise ValueError("undone")
+        assert cr.memo == {}  # what was found before may be gone with the savepoint's work
+        cr.memo["found"] = 3
+        cr.rollback()
+        assert cr.memo == {}
+    finally:
+        cr.close()

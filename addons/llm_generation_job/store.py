@@ -281,11 +281,12 @@ class JobStore:
         self.jobs = self.env[JOB]
         self.notifier = notifier_for(env.registry)
         self._claimed: set[Lease] = set()  # by this store, in its transaction
-        self._queues: dict[int, Any] = {}  # the queues this store found, by provider
+        # The queues found in this transaction, by provider (by every store of it).
+        self._queues: dict[int, Any] = env.cr.memo.setdefault(QUEUE, {})
 
     def queue(self, provider_id: int, lock: bool = False):
         """The provider's queue (created on first use), its fields read by the statement that
-        finds it; looked for once by this store. With ``lock``, its row is locked until the
+        finds it; looked for once a transaction. With ``lock``, its row is locked until the
         transaction ends, and its fields read by the statement that locks it."""
         queue = self._queues.get(provider_id)
         if queue is not None:

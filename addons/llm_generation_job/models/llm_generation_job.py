@@ -266,7 +266,7 @@ class GenerationJob(models.Model):
         provider = self.env["llm.provider"].sudo().browse(vals["provider_id"])
         mode = vals.get("execution_mode")
         if not mode:
-            queue = self.env["llm.generation.queue"]._get_or_create_queue(provider.id)
+            queue = JobStore(self.env).queue(provider.id)  # (enqueue finds it again: no query)
             unattended = vals.get("interactive") is False and queue.batch_unattended
             vals["execution_mode"] = "batch" if unattended else queue.execution_mode
             return
