@@ -253,3 +253,41 @@ def test_a_first_piece_that_comes_with_the_end_is_stamped_by_the_ends_update(env
     updates = [s for s in seen if s.startswith("UPDATE llm_generation_job_attempt")]
     assert len(updates) == 2 and "first_token_at" in updates[1]
     assert len([s for s in seen if s.startswith("INSERT INTO llm_generation_usage")]) == 1
+
+
+def test_a_look_at_a_streaming_job_reads_the_job_and_its_new_pieces_only(registry):
+    """While the job streams, a follower's look reads no attempt and no message: those are as
+    its previous look saw them; the end reads the message again, with its final body."""
+    with registry.environment() as env:
+        provider, model = make_provider(env)
+        thread = env["llm.thread"].create(
+            {"name": "t", "provider_id": provider.id, "model_id": model.id}
+        )
+        job = env["llm.generation.job"].create({"thread_id": thread.id})
+        job.action_queue()
+        job_id, provider_id = job.id, provider.id
+    with registry.environment() as env:
+        store = JobStore(env)
+        [lease] = store.claim(provider_id, "w:1")
+        start = store.start_reply(lease)
+        follower = follow_job(env, job_id)
+    assert next(follower)["state"] == "running"
+    assert next(follower)["type"] == "message_create"
+    words = ["Hello", " there", "!"]
+    with registry.environment() as env:  # the first piece
+        JobStore(env).append([Piece(lease, start.seq + 1, start.attempt, words[0], first=True)])
+    assert next(follower)["content"] == words[0]
+    for number, word in enumerate(words[1:], start=2):
+        with registry.environment() as env:
+            JobStore(env).append([Piece(lease, start.seq + number, start.attempt, word)])
+        with statements(registry) as seen:
+            update = next(follower)
+        assert (update["type"], update["content"]) == ("message_chunk", word)
+        tables = ("llm_generation_job_attempt", "llm_message")
+        assert not [s for s in seen if any(table in s for table in tables)], seen
+        assert any("llm_generation_job_chunk" in s for s in seen)
+    with registry.environment() as env:
+        assert JobStore(env).complete(lease, {"body": "".join(words), "state": "done"})
+    rest = list(follower)
+    assert [u["type"] for u in rest] == ["message_update", "done"]
+    assert rest[0]["message"]["body"] == "Hello there!"
