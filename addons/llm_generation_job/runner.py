@@ -228,30 +228,22 @@ class JobRunner:
             # a write lock (SQLite) nor a queue's row lock (PostgreSQL) to learn it.
             with self.registry.environment(readonly=True) as env:
                 now = dt.datetime.now(dt.UTC)
+                queue = "provider_id.generation_queue_ids"  # (a provider has one)
                 domain = [
-                    ("enabled", "=", True),
+                    ("state", "=", "queued"),
+                    ("execution_mode", "!=", "batch"),  # the status cron sends those
                     "|",
                     ("eligible_at", "=", False),
                     ("eligible_at", "<=", now),
+                    (f"{queue}.enabled", "=", True),
+                    "|",
+                    (f"{queue}.eligible_at", "=", False),
+                    (f"{queue}.eligible_at", "<=", now),
                 ]
                 if self._provider_ids:
                     domain.append(("provider_id", "in", self._provider_ids))
-                queues = env["llm.generation.queue"].search_read(domain, ["provider_id"])
-                queued = [queue["provider_id"] for queue in queues]
-                waiting = env["llm.generation.job"].read_group(
-                    [
-                        ("provider_id", "in", queued),
-                        ("state", "=", "queued"),
-                        ("execution_mode", "!=", "batch"),  # the status cron sends those
-                        "|",
-                        ("eligible_at", "=", False),
-                        ("eligible_at", "<=", now),
-                    ],
-                    ["provider_id"],
-                    ["__count"],
-                )
-                with_jobs = {group["provider_id"] for group in waiting}
-                provider_ids = [i for i in queued if i in with_jobs]
+                waiting = env["llm.generation.job"].read_group(domain, ["provider_id"], ["__count"])
+                provider_ids = [group["provider_id"] for group in waiting]
             filled = False  # a claim took all it asked for: its queue may hold more
             started = 0
             for provider_id in provider_ids:
