@@ -73,7 +73,6 @@ class _Look:
     # attempt started.
     retried: tuple[int, str, dt.datetime] | None
     retry_count: int
-    message_id: int | None
 
     @property
     def retry_pending(self) -> bool:
@@ -98,7 +97,7 @@ def _look(env, job_id: int, after_seq: int, last: _Look | None = None) -> _Look:
         last is not None
         and state == last.state == "running"
         and job.retry_count == last.retry_count
-        and message.id == last.message_id
+        and (message.id or None) == (last.message or {}).get("id")
         and not any(chunk["kind"] == "restart" for chunk in chunks)
     )
     if streaming:
@@ -122,7 +121,6 @@ def _look(env, job_id: int, after_seq: int, last: _Look | None = None) -> _Look:
         attempts=attempt_count,
         retried=retried,
         retry_count=job.retry_count,
-        message_id=message.id or None,
     )
 
 

@@ -293,7 +293,7 @@ class JobStore:
             return queue.lock_for_update(read=True) if lock else queue
         queue = self.env[QUEUE]._find_queue(provider_id, lock=lock)
         if not queue:  # not kept: a unit that fails takes the new queue back
-            return self.env[QUEUE]._get_or_create_queue(provider_id)
+            return self.env[QUEUE].create({"provider_id": provider_id})
         self._queues[provider_id] = queue
         return queue
 
